@@ -1,0 +1,1 @@
+"""Shared package of the serverless WeCom SCRM (Lambda layer)."""
