@@ -1,0 +1,62 @@
+# Every target sets itself up: a fresh clone needs only Python 3.11+ and the package index.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export SAM_CLI_TELEMETRY := 0
+export PYTHONPATH := $(CURDIR)/layers/shared:$(CURDIR)
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: help venv test test-fast demo up bench deploy validate build register-corp replay-dlq clean
+
+help:
+	@echo "make demo   - start the local stack and replay a store's morning through it"
+	@echo "make test   - unit, integration, template and end-to-end tests, sam validate --lint, sam build"
+	@echo "make up     - run the local stack in the foreground (Ctrl-C stops it)"
+	@echo "make bench  - print the benchmark figures"
+	@echo "make deploy - sam build && sam deploy --guided"
+	@echo "make register-corp CORP_FILE=corp.json [AWS=1] - register a corp's credentials"
+	@echo "make replay-dlq [AWS=1] - move dead-lettered events back to the events queue"
+
+$(STAMP): requirements-dev.txt layers/shared/requirements.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest tests/unit tests/integration tests/template
+	$(BIN)/pytest tests/e2e
+	$(MAKE) --no-print-directory validate build
+
+test-fast: $(STAMP)
+	$(BIN)/pytest tests/unit tests/integration tests/template
+
+validate: $(STAMP)
+	$(BIN)/sam validate --lint --region $(AWS_DEFAULT_REGION)
+
+build: $(STAMP)
+	@infra/scripts/sam_build.sh $(BIN)/sam
+
+demo: $(STAMP)
+	$(BIN)/python -m infra.local.demo
+
+up: $(STAMP)
+	$(BIN)/python -m infra.local.stack
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+deploy: $(STAMP)
+	@infra/scripts/sam_build.sh $(BIN)/sam --required
+	$(BIN)/sam deploy --guided
+
+register-corp: $(STAMP)
+	$(BIN)/python -m infra.scripts.register_corp $(if $(AWS),--aws) --file $(CORP_FILE)
+
+replay-dlq: $(STAMP)
+	$(BIN)/python -m infra.scripts.replay_dlq $(if $(AWS),--aws)
+
+clean:
+	rm -rf .aws-sam .local

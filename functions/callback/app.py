@@ -1,0 +1,13 @@
+"""WeCom callback endpoint: GET verifies the URL, POST accepts an event (scrm.intake)."""
+from aws_lambda_powertools.logging import correlation_paths
+
+from scrm.intake import handle_http
+from scrm.observability import log, metrics
+
+metric = metrics()
+
+
+@log.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metric.log_metrics
+def handler(event, context):
+    return handle_http(event, metric)

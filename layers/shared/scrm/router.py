@@ -1,0 +1,74 @@
+"""The worker's dispatch: one queued event in, its handler run, its row marked processed.
+
+A handler raising `Permanent` marks the event failed (it is kept and visible; retrying
+cannot help); any other exception propagates so the batch reports the record as failed
+and SQS delivers it again, then to the dead-letter queue.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from scrm import keys
+from scrm.events import CallbackEvent
+from scrm.handlers import Permanent, address_book, external_chat, external_contact, external_tag
+from scrm.models import Event
+from scrm.observability import log
+
+Handler = Callable[[CallbackEvent], str]
+
+HANDLERS: dict[str, Handler] = {
+    "external_contact": external_contact.handle,
+    "external_chat": external_chat.handle,
+    "external_tag": external_tag.handle,
+    "address_book": address_book.handle,
+}
+
+
+def route(event: CallbackEvent) -> str:
+    """Run the event's handler; unknown kinds are kept as stored facts, not errors."""
+    handler = HANDLERS.get(event.kind)
+    return handler(event) if handler else "stored"
+
+
+def process_message(body: dict, metrics: Metrics, now: float | None = None) -> str:
+    try:
+        event = CallbackEvent.from_message(body)
+    except (KeyError, TypeError, ValueError) as err:
+        # Not something our callback enqueued: fail the record so it ends in the DLQ.
+        raise ValueError(f"malformed queue message: {err}") from None
+    try:
+        outcome = route(event)
+    except Permanent as err:
+        finish(event, "failed", err.reason, now)
+        metrics.add_metric(name="EventsFailed", unit=MetricUnit.Count, value=1)
+        log.warning("event failed", extra={"event_id": event.event_id, "kind": event.kind, "reason": err.reason})
+        return "failed"
+    finish(event, "processed", outcome, now)
+    metrics.add_metric(name="EventsProcessed", unit=MetricUnit.Count, value=1)
+    log.info("event processed", extra={"event_id": event.event_id, "kind": event.kind,
+                                       "change_type": event.change_type, "outcome": outcome})
+    return outcome
+
+
+def finish(event: CallbackEvent, status: str, outcome: str, now: float | None = None) -> None:
+    """Record the result and take the row out of the sweeper's pending index."""
+    pk, sk = keys.event(event.corp_id, event.event_id)
+    try:
+        Event(pk, sk).update(
+            actions=[
+                Event.status.set(status),
+                Event.outcome.set(outcome),
+                Event.processed_at.set(int(time.time() if now is None else now)),
+                Event.GSI2PK.remove(),
+                Event.GSI2SK.remove(),
+            ],
+            condition=Event.PK.exists(),
+        )
+    except Event.UpdateError as err:
+        if getattr(err, "cause_response_code", None) != "ConditionalCheckFailedException":
+            raise
+        # The row expired (TTL) before a replay reached us: the effects ran, nothing to mark.

@@ -1,0 +1,88 @@
+"""Typed WeCom API errors: callers branch on the class (or `errcode`), never on `errmsg`.
+
+| class                | errcodes                                   | what the client did before raising       |
+|----------------------|--------------------------------------------|------------------------------------------|
+| `ConfigurationError` | 40001 40013 41001 41002 41004 48002 60011 60020, HTTP 4xx | nothing: first answer, never retried |
+| `RateLimited`        | 45009                                      | wrote an ApiBlock row; `blocked_until`   |
+| `TransientError`     | -1 45033, HTTP 5xx, timeouts, connection errors | up to 3 retries with backoff        |
+| `TokenError`         | 40014 42001                                | one token refresh and one retry          |
+| `GoneError`          | 60111 40003 84061 40096                    | nothing: member/customer/relation gone   |
+| `WeComError`         | anything else                              | nothing                                  |
+
+The welcome-message codes stay plain `WeComError` with their errcode because only the caller
+knows what they mean for its event (FACTS §6): 41050 the code expired (final), 41051 the
+welcome was already delivered (final, counts as sent), 41096 another app is sending (may retry
+while the 20 s window lasts).
+"""
+from __future__ import annotations
+
+CONFIGURATION_CODES = frozenset({
+    40001,  # invalid secret: looping on it bans our IP for an hour (FACTS §5.1)
+    40013,  # invalid corpid
+    41001,  # access_token missing: a bug in how we build the request
+    41002,  # corpid missing
+    41004,  # corpsecret missing
+    48002,  # API not permitted for this app (客户联系 可调用应用)
+    60011,  # outside the app's visible range
+    60020,  # caller IP not in 企业可信IP
+})
+TRANSIENT_CODES = frozenset({-1, 45033})
+TOKEN_CODES = frozenset({40014, 42001})
+GONE_CODES = frozenset({60111, 40003, 84061, 40096})
+RATE_LIMITED = 45009
+WELCOME_EXPIRED, WELCOME_DELIVERED, WELCOME_BUSY = 41050, 41051, 41096
+
+
+class WeComError(Exception):
+    """A WeCom call that did not succeed. `errcode` is WeCom's; failures below the API
+    (HTTP status, timeout, connection) use -1 and set `http_status` when there was one."""
+
+    def __init__(self, errcode: int, errmsg: str = "", api: str = "", *, http_status: int | None = None):
+        self.errcode = errcode
+        self.errmsg = errmsg
+        self.api = api
+        self.http_status = http_status
+        super().__init__(f"{api or 'wecom'}: errcode {errcode}: {errmsg}")
+
+
+class ConfigurationError(WeComError):
+    """Wrong secret, app permissions, visible range, trusted IP or endpoint: an operator must act."""
+
+
+class RateLimited(WeComError):
+    """45009, or an ApiBlock row still in force: do not call `api` before `blocked_until`."""
+
+    def __init__(self, errcode: int, errmsg: str = "", api: str = "", *, blocked_until: float):
+        super().__init__(errcode, errmsg, api)
+        self.blocked_until = blocked_until
+
+
+class TransientError(WeComError):
+    """Still failing after the retries (or out of time). `outcome_unknown` is set when the last
+    attempt may have taken effect (a read timeout or 5xx of a call we chose not to repeat)."""
+
+    def __init__(self, errcode: int, errmsg: str = "", api: str = "", *,
+                 http_status: int | None = None, outcome_unknown: bool = False):
+        super().__init__(errcode, errmsg, api, http_status=http_status)
+        self.outcome_unknown = outcome_unknown
+
+
+class TokenError(WeComError):
+    """The token was refused again right after a refresh."""
+
+
+class GoneError(WeComError):
+    """The member, customer or member-customer relationship no longer exists."""
+
+
+def error_for(errcode: int, errmsg: str, api: str) -> WeComError:
+    """The exception for an errcode the client does not handle itself (not 45009)."""
+    if errcode in CONFIGURATION_CODES:
+        return ConfigurationError(errcode, errmsg, api)
+    if errcode in GONE_CODES:
+        return GoneError(errcode, errmsg, api)
+    if errcode in TRANSIENT_CODES:
+        return TransientError(errcode, errmsg, api)
+    if errcode in TOKEN_CODES:
+        return TokenError(errcode, errmsg, api)
+    return WeComError(errcode, errmsg, api)
