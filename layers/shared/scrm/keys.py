@@ -190,6 +190,11 @@ def coupon_claims(corp_id: str, external_userid: str, template_id: str) -> tuple
     return customer_pk(corp_id, external_userid), f"CLAIMS{SEP}{template_id}"
 
 
+def welcome(corp_id: str, external_userid: str, userid: str, welcome_code: str) -> tuple[str, str]:
+    """The welcome of one add event (a WelcomeCode is single-use, so it names the occasion)."""
+    return customer_pk(corp_id, external_userid), f"WELCOME{SEP}{userid}{SEP}{welcome_code}"
+
+
 # --- moments ---------------------------------------------------------------------------
 MOMENT_TASK_SHARDS = 16
 

@@ -210,3 +210,95 @@ class DailyCounter(Entity, discriminator="DailyCounter"):
     welcomes_sent = NumberAttribute(default=0)
     coupons_issued = NumberAttribute(default=0)
     coupons_redeemed = NumberAttribute(default=0)
+
+
+# --- acquisition (issue 3) ---------------------------------------------------------------
+class ContactWay(Entity, discriminator="ContactWay"):
+    """A 渠道活码 created through add_contact_way; `state` decodes back to its owner."""
+
+    config_id = UnicodeAttribute()
+    state = UnicodeAttribute()
+    owner_kind = UnicodeAttribute()  # staff | store | campaign
+    owner_id = UnicodeAttribute()
+    users = ListAttribute(of=UnicodeAttribute, null=True)
+    store_id = UnicodeAttribute(null=True)
+    campaign_id = UnicodeAttribute(null=True)
+    channel = UnicodeAttribute(null=True)
+    remark = UnicodeAttribute(null=True)
+    qr_code = UnicodeAttribute(null=True)
+    tag_ids = ListAttribute(of=UnicodeAttribute, null=True)  # channel tags marked on new customers
+    welcome = JSONAttribute(null=True)  # overrides the campaign's welcome
+    created_at = NumberAttribute()
+    deleted = BooleanAttribute(default=False)
+
+
+class Campaign(Entity, discriminator="Campaign"):
+    campaign_id = UnicodeAttribute()
+    name = UnicodeAttribute()
+    welcome = JSONAttribute(null=True)  # {"text": ..., "link": {...} | "miniprogram": {...}}
+    coupon_template_id = UnicodeAttribute(null=True)
+    starts_at = NumberAttribute(null=True)
+    ends_at = NumberAttribute(null=True)
+    created_at = NumberAttribute()
+
+
+class CouponTemplate(Entity, discriminator="CouponTemplate"):
+    template_id = UnicodeAttribute()
+    name = UnicodeAttribute()
+    kind = UnicodeAttribute()  # amount | discount
+    amount = NumberAttribute(null=True)  # fen, for kind=amount
+    discount = NumberAttribute(null=True)  # percent paid, e.g. 85, for kind=discount
+    threshold = NumberAttribute(default=0)  # minimum spend in fen
+    valid_days = NumberAttribute(null=True)  # validity: days after issue ...
+    valid_from = NumberAttribute(null=True)  # ... or fixed dates (epoch seconds)
+    valid_until = NumberAttribute(null=True)
+    per_customer_limit = NumberAttribute(default=1)
+    total_stock = NumberAttribute()
+    created_at = NumberAttribute()
+
+
+class CouponStock(Entity, discriminator="CouponStock"):
+    template_id = UnicodeAttribute()
+    remaining = NumberAttribute()
+    issued = NumberAttribute(default=0)
+
+
+class CouponClaims(Entity, discriminator="CouponClaims"):
+    """How many coupons of one template a customer holds: the per-customer limit's counter."""
+
+    template_id = UnicodeAttribute()
+    external_userid = UnicodeAttribute()
+    count = NumberAttribute(default=0)
+
+
+class Coupon(Entity, discriminator="Coupon"):
+    code = UnicodeAttribute()
+    template_id = UnicodeAttribute()
+    campaign_id = UnicodeAttribute(null=True)
+    external_userid = UnicodeAttribute()
+    occasion = UnicodeAttribute()
+    status = UnicodeAttribute()  # issued | redeemed
+    issued_at = NumberAttribute()
+    valid_from = NumberAttribute()
+    valid_until = NumberAttribute()
+    staff_userid = UnicodeAttribute(null=True)  # who brought the customer: credited on redemption
+    store_id = UnicodeAttribute(null=True)
+    redeemed_at = NumberAttribute(null=True)
+    redeemed_store_id = UnicodeAttribute(null=True)
+    redeemed_by = UnicodeAttribute(null=True)
+    redemption_request = UnicodeAttribute(null=True)
+
+
+class Welcome(Entity, discriminator="Welcome"):
+    """One welcome per add event: claimed before sending, so it is never sent twice."""
+
+    external_userid = UnicodeAttribute()
+    userid = UnicodeAttribute()
+    status = UnicodeAttribute()  # sending | sent | failed | skipped
+    claimed_at = NumberAttribute()
+    lease_until = NumberAttribute()
+    sent_at = NumberAttribute(null=True)
+    coupon_code = UnicodeAttribute(null=True)
+    coupon_reason = UnicodeAttribute(null=True)
+    reason = UnicodeAttribute(null=True)
+    attempts = NumberAttribute(default=0)
