@@ -1,13 +1,13 @@
 """Typed WeCom API errors: callers branch on the class (or `errcode`), never on `errmsg`.
 
-| class                | errcodes                                   | what the client did before raising       |
-|----------------------|--------------------------------------------|------------------------------------------|
-| `ConfigurationError` | 40001 40013 41001 41002 41004 48002 60011 60020, HTTP 4xx | nothing: first answer, never retried |
-| `RateLimited`        | 45009                                      | wrote an ApiBlock row; `blocked_until`   |
-| `TransientError`     | -1 45033, HTTP 5xx, timeouts, connection errors | up to 3 retries with backoff        |
-| `TokenError`         | 40014 42001                                | one token refresh and one retry          |
-| `GoneError`          | 60111 40003 84061 40096                    | nothing: member/customer/relation gone   |
-| `WeComError`         | anything else                              | nothing                                  |
+| class                | errcodes                                        | done before raising     |
+|----------------------|-------------------------------------------------|-------------------------|
+| `ConfigurationError` | 40001 40013 41001 41002 41004 48002 60011 60020, HTTP 4xx | nothing: never retried |
+| `RateLimited`        | 45009                                           | ApiBlock row written    |
+| `TransientError`     | -1 45033, HTTP 5xx/429, timeouts, connection errors | up to 3 retries     |
+| `TokenError`         | 40014 42001                                     | one refresh, one retry  |
+| `GoneError`          | 60111 40003 84061 40096                         | nothing                 |
+| `WeComError`         | anything else                                   | nothing                 |
 
 The welcome-message codes stay plain `WeComError` with their errcode because only the caller
 knows what they mean for its event (FACTS §6): 41050 the code expired (final), 41051 the
