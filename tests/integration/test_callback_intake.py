@@ -1,0 +1,194 @@
+"""The callback against moto: what it answers, what it writes, and what it never writes."""
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from scrm import corps, intake
+from scrm.corps import CorpCredentials
+from scrm.observability import metrics
+from tests.support.callbacks import VECTOR_A, contact_xml, crypto, post, sample
+from tests.support.functions import LambdaContext, load_function
+
+
+@pytest.fixture
+def corp(aws):
+    corps.register(CorpCredentials.from_json(VECTOR_A))
+    return VECTOR_A
+
+
+def call(http_event: dict) -> dict:
+    return intake.handle_http(http_event, metrics())
+
+
+def table_items(aws) -> list[dict]:
+    return boto3.client("dynamodb").scan(TableName=aws.table_name)["Items"]
+
+
+def event_rows(aws) -> list[dict]:
+    return [i for i in table_items(aws) if i["entity"]["S"] == "Event"]
+
+
+def queued(aws) -> list[dict]:
+    sqs = boto3.client("sqs")
+    out = []
+    while True:
+        batch = sqs.receive_message(QueueUrl=aws.queue_urls["EventsQueue"], MaxNumberOfMessages=10,
+                                    VisibilityTimeout=30).get("Messages", [])
+        if not batch:
+            return out
+        out += [json.loads(m["Body"]) for m in batch]
+
+
+# --- GET: URL verification ---------------------------------------------------------------
+def test_url_verification_answers_the_official_vector_plaintext(corp):
+    query = {"msg_signature": "012bc692d0a58dd4b10f8dfe5c4ac00ae211ebeb", "timestamp": "1476416373",
+             "nonce": "47744683",
+             "echostr": "fsi1xnbH4yQh0+PJxcOdhhK6TDXkjMyhEPA7xB2TGz6b+g7xyAbEkRxN/3cNXW9qdqjnoVzEtpbhnFyq6SVHyA=="}
+    event = sample("callback/verify_url.json")
+    event["queryStringParameters"] = query
+    answer = call(event)
+    assert answer["statusCode"] == 200
+    assert answer["body"] == "1288432023552776189"
+
+
+def test_url_verification_through_the_function_with_the_sample_event(corp):
+    handler = load_function("callback").handler
+    answer = handler(sample("callback/verify_url.json"), LambdaContext())
+    assert (answer["statusCode"], answer["body"]) == (200, "sample-echo-1795600000")
+
+
+def test_url_verification_with_a_wrong_signature_is_403(corp):
+    event = sample("callback/verify_url.json")
+    event["queryStringParameters"]["msg_signature"] = "f" * 40
+    assert call(event)["statusCode"] == 403
+
+
+# --- POST: accepted once ---------------------------------------------------------------
+def test_sample_add_event_is_stored_and_queued_once(corp, aws):
+    handler = load_function("callback").handler
+    answer = handler(sample("callback/add_external_contact.json"), LambdaContext())
+    assert answer == {"statusCode": 200, "headers": {"Content-Type": "text/plain; charset=utf-8"}, "body": ""}
+    [row] = event_rows(aws)
+    assert row["status"]["S"] == "received"
+    assert row["change_type"]["S"] == "add_external_contact"
+    [message] = queued(aws)
+    assert message["event_id"] == row["event_id"]["S"]
+    assert message["fields"]["ExternalUserID"] == "wmSampleCustomer0001"
+
+
+def test_a_resent_event_reencrypted_with_a_new_nonce_is_stored_once(corp, aws):
+    xml = contact_xml("add_external_contact")
+    first, second = post(xml), post(xml)
+    assert first["queryStringParameters"]["nonce"] != second["queryStringParameters"]["nonce"]
+    assert first["body"] != second["body"]
+    assert call(first)["statusCode"] == 200
+    assert call(second)["statusCode"] == 200
+    assert len(event_rows(aws)) == 1
+
+
+def test_two_customers_scanning_in_the_same_second_are_two_events(corp, aws):
+    call(post(contact_xml("add_external_contact", external_userid="wmA")))
+    call(post(contact_xml("add_external_contact", external_userid="wmB")))
+    assert len(event_rows(aws)) == 2
+
+
+def test_an_unknown_but_well_formed_event_type_is_accepted_and_stored(corp, aws):
+    xml = contact_xml("add_external_contact").replace("change_external_contact", "brand_new_event")
+    assert call(post(xml))["statusCode"] == 200
+    [row] = event_rows(aws)
+    assert row["kind"]["S"] == "unknown"
+    assert row["event_type"]["S"] == "brand_new_event"
+
+
+def test_the_third_party_envelope_is_accepted(corp, aws):
+    xml = (f"<xml><SuiteId><![CDATA[wwsuite]]></SuiteId><AuthCorpId><![CDATA[{VECTOR_A['corp_id']}]]></AuthCorpId>"
+           "<InfoType><![CDATA[change_external_contact]]></InfoType><TimeStamp>1795600000</TimeStamp>"
+           "<ChangeType><![CDATA[del_follow_user]]></ChangeType><UserID>lisi</UserID>"
+           "<ExternalUserID>wmX</ExternalUserID></xml>")
+    assert call(post(xml))["statusCode"] == 200
+    [row] = event_rows(aws)
+    assert (row["kind"]["S"], row["change_type"]["S"]) == ("external_contact", "del_follow_user")
+
+
+def test_at_most_two_writes_before_the_answer(corp, aws):
+    calls = []
+    for client in (intake._dynamodb(), intake._sqs()):
+        client.meta.events.register("before-call.*.*", lambda model, **kw: calls.append(model.name))
+    call(post(contact_xml("add_external_contact")))
+    assert calls == ["PutItem", "SendMessage"]
+
+
+# --- bad input: a clear status and nothing written ------------------------------------------
+def _bad_requests():
+    xml = contact_xml("add_external_contact")
+    good = post(xml)
+
+    def with_query(**changes):
+        event = post(xml)
+        event["queryStringParameters"] = {**event["queryStringParameters"], **changes}
+        return event
+
+    def with_body(body):
+        event = post(xml)
+        event["body"] = body
+        return event
+
+    def signed_encrypt(encrypted):
+        c = crypto()
+        query = {"timestamp": "1795600000", "nonce": "42", "msg_signature": c.signature("1795600000", "42", encrypted)}
+        body = f"<xml><ToUserName>{VECTOR_A['corp_id']}</ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
+        event = post(xml)
+        event.update(queryStringParameters=query, body=body)
+        return event
+
+    unknown_corp = post(xml)
+    unknown_corp["pathParameters"]["corp_id"] = "wwnobody"
+    hostile_corp = post(xml)
+    hostile_corp["pathParameters"]["corp_id"] = "../../etc#x"
+    dtd = ('<?xml version="1.0"?><!DOCTYPE lol [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>'
+           "<xml><Encrypt>&lol2;</Encrypt></xml>")
+    return {
+        "missing signature": (with_query(msg_signature=""), 403),
+        "bad signature": (with_query(msg_signature="0" * 40), 403),
+        "signature of another timestamp": (with_query(timestamp="1"), 403),
+        "unknown corp": (unknown_corp, 404),
+        "hostile corp id": (hostile_corp, 404),
+        "body over 64 KB": (with_body("<xml>" + "a" * 65536 + "</xml>"), 413),
+        "not XML": (with_body("hello"), 400),
+        "XML with a DTD and entities": (with_body(dtd), 400),
+        "envelope without Encrypt": (with_body("<xml><ToUserName>x</ToUserName></xml>"), 400),
+        "undecryptable ciphertext": (signed_encrypt("bm90IGEgcmVhbCBjaXBoZXJ0ZXh0IGF0IGFsbA=="), 400),
+        "receive id of another corp": (post(xml, receive_id="wwsomebodyelse"), 400),
+        "decrypted text not XML": (post("just some text"), 400),
+        "decrypted XML with an entity": (post('<!DOCTYPE x [<!ENTITY e "v">]><xml><Event>&e;</Event></xml>'), 400),
+        "event of another corp (third-party AuthCorpId)": (post(
+            "<xml><AuthCorpId>wwother</AuthCorpId><InfoType>change_external_contact</InfoType>"
+            "<TimeStamp>1</TimeStamp></xml>"), 400),
+        "no event type": (post("<xml><CreateTime>1</CreateTime></xml>"), 400),
+        "bad CreateTime": (post("<xml><MsgType>event</MsgType><Event>x</Event><CreateTime>soon</CreateTime></xml>"), 400),
+        "method not allowed": ({**good, "requestContext": {"http": {"method": "PUT"}}}, 405),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_requests()))
+def test_bad_input_gets_a_clear_status_and_writes_nothing(corp, aws, case):
+    event, status = _bad_requests()[case]
+    answer = call(event)
+    assert answer["statusCode"] == status
+    assert answer["body"]  # the reason, for whoever is debugging the integration
+    assert event_rows(aws) == []
+    assert queued(aws) == []
+
+
+# --- our own infrastructure failing: 5xx so that WeCom retries -----------------------------
+def test_a_failing_table_raises_so_the_gateway_answers_5xx(corp, aws):
+    def fail(**kwargs):
+        raise intake.ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"}}, "PutItem")
+
+    intake._dynamodb().meta.events.register("before-call.dynamodb.PutItem", fail)
+    with pytest.raises(intake.ClientError):
+        call(post(contact_xml("add_external_contact")))
+    assert queued(aws) == []
