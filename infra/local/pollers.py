@@ -1,0 +1,122 @@
+"""What Lambda's SQS event source mapping does, for one queue and one function.
+
+Receive a batch, invoke the function with the SQS event Lambda would send, then delete:
+every message on success; with ReportBatchItemFailures all but those reported failed;
+none if the function raised (they come back after the visibility timeout).
+
+Dead-lettering is left to moto: on ReceiveMessage it moves a visible message whose
+receive count has reached the RedrivePolicy's maxReceiveCount to the dead-letter queue
+instead of returning it (moto/sqs/models.py, receive_message), which is what SQS does.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from infra.local.template import LocalQueue, SqsSource
+
+log = logging.getLogger("infra.local.pollers")
+
+
+def _message_attribute(value: dict) -> dict:
+    # Lambda spells these in camelCase and carries binary values as base64 text.
+    binary = value.get("BinaryValue")
+    return {
+        "stringValue": value.get("StringValue"),
+        "binaryValue": base64.b64encode(binary).decode("ascii") if binary is not None else None,
+        "stringListValues": value.get("StringListValues", []),
+        "binaryListValues": [base64.b64encode(b).decode("ascii") for b in value.get("BinaryListValues", [])],
+        "dataType": value["DataType"],
+    }
+
+
+def sqs_event(messages: list[dict], queue_arn: str, region: str) -> dict:
+    return {"Records": [
+        {
+            "messageId": m["MessageId"],
+            "receiptHandle": m["ReceiptHandle"],
+            "body": m["Body"],
+            "attributes": m.get("Attributes", {}),
+            "messageAttributes": {k: _message_attribute(v) for k, v in m.get("MessageAttributes", {}).items()},
+            "md5OfBody": m["MD5OfBody"],
+            "eventSource": "aws:sqs",
+            "eventSourceARN": queue_arn,
+            "awsRegion": region,
+        }
+        for m in messages
+    ]}
+
+
+def failed_ids(result: Any, message_ids: set[str]) -> set[str]:
+    """Message ids to keep, from a ReportBatchItemFailures response.
+
+    As on AWS: no response, an empty one or an empty list means all succeeded; a malformed
+    response or an identifier not in the batch fails the whole batch."""
+    if not result:
+        return set()
+    failures = result.get("batchItemFailures") if isinstance(result, dict) else None
+    if failures is None:
+        return set() if isinstance(result, dict) else set(message_ids)
+    ids = {f.get("itemIdentifier") if isinstance(f, dict) else None for f in failures}
+    return ids if ids <= message_ids else set(message_ids)
+
+
+class QueuePoller:
+    def __init__(self, function: str, source: SqsSource, queue: LocalQueue, endpoint: str, region: str,
+                 invoke: Callable[[str, dict], Any], stopping: threading.Event):
+        self.function = function
+        self.source = source
+        self.queue = queue
+        self.region = region
+        self.invoke = invoke
+        self.stopping = stopping
+        self.sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region,
+                                config=Config(retries={"max_attempts": 2}, connect_timeout=2, read_timeout=10))
+        self.thread = threading.Thread(target=self._run, name=f"poller-{queue.name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._poll_once()
+            except Exception:  # noqa: BLE001 - a poller that died would leave its queue unread
+                if self.stopping.is_set():
+                    return
+                log.exception("polling %s failed; retrying", self.queue.name)
+                self.stopping.wait(1)
+
+    def _poll_once(self) -> None:
+        response = self.sqs.receive_message(
+            QueueUrl=self.queue.url,
+            MaxNumberOfMessages=min(self.source.batch_size, 10),
+            WaitTimeSeconds=1,  # short, so that stop() is prompt
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            return
+        try:
+            result = self.invoke(self.function, sqs_event(messages, self.queue.arn, self.region))
+        except Exception:  # noqa: BLE001 - a failed invocation leaves the batch to SQS
+            log.exception("%s failed on a batch of %d from %s", self.function, len(messages), self.queue.name)
+            return
+        keep = failed_ids(result, {m["MessageId"] for m in messages}) if self.source.report_batch_item_failures \
+            else set()
+        done = [m for m in messages if m["MessageId"] not in keep]
+        if done:
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue.url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+            )
