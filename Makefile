@@ -56,7 +56,7 @@ register-corp: $(STAMP)
 	$(BIN)/python -m infra.scripts.register_corp $(if $(AWS),--aws) --file $(CORP_FILE)
 
 replay-dlq: $(STAMP)
-	$(BIN)/python -m infra.scripts.replay_dlq $(if $(AWS),--aws)
+	$(BIN)/python -m infra.scripts.replay_dlq $(if $(AWS),--aws) $(ARGS)
 
 clean:
 	rm -rf .aws-sam .local

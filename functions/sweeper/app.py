@@ -1,5 +1,6 @@
 """Scheduled: re-enqueue events that were accepted but never processed (scrm.recovery)."""
-from scrm.observability import log, metrics, tracer
+from scrm.observability import log, metrics
+from scrm.tracing import tracer
 from scrm.recovery import sweep_pending
 
 metric = metrics()

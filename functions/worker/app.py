@@ -1,7 +1,8 @@
 """Consumes the events queue: each record is routed to its handler (scrm.router)."""
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 
-from scrm.observability import log, metrics, tracer
+from scrm.observability import log, metrics
+from scrm.tracing import tracer
 from scrm.router import process_message
 
 metric = metrics()

@@ -5,6 +5,13 @@ query parameters percent-decoded once with repeated keys joined by ",", path par
 a base64 body when it is not UTF-8) and the function's result is mapped back to HTTP by
 the HTTP API rules. The same routes are served under /<StageName>/ as the deployed URL
 has them. /_local/ holds the stack's control routes (health, schedules, queue depths).
+
+A route with a JWT authorizer is served only with a token that API Gateway would accept:
+taken from the identity source header (with or without "Bearer "), signed by a key of the
+issuer (matched by `kid`, RS256), with the configured `iss`, an `aud` or `client_id` among the
+audiences, and not expired (nor used before `nbf`). Otherwise the answer is API Gateway's
+401 {"message": "Unauthorized"} and the function is not called. The function receives the
+claims in requestContext.authorizer.jwt, as strings, the way API Gateway passes them.
 """
 from __future__ import annotations
 
@@ -20,12 +27,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+import jwt
+
 from infra.local.template import ACCOUNT_ID, NoSuchFunction, Route
 
 log = logging.getLogger("infra.local.gateway")
 
 NOT_FOUND = (404, {"message": "Not Found"})
 INTERNAL_ERROR = (500, {"message": "Internal Server Error"})
+UNAUTHORIZED = (401, {"message": "Unauthorized"})
 
 
 class Controls(Protocol):
@@ -39,9 +49,55 @@ class Controls(Protocol):
 
 
 @dataclass(frozen=True)
+class JwtAuthorizer:
+    """An HTTP API JWT authorizer: JwtConfiguration plus the issuer's public keys by kid."""
+
+    name: str
+    issuer: str
+    audience: tuple[str, ...]
+    keys: dict[str, Any]
+    header: str = "authorization"  # from IdentitySource $request.header.<name>, lower case
+
+    def claims(self, headers: dict[str, str]) -> dict | None:
+        """The token's claims if API Gateway would let the request through, else None."""
+        value = headers.get(self.header, "").strip()
+        token = value[7:].strip() if value[:7].lower() == "bearer " else value
+        if not token:
+            return None
+        try:
+            key = self.keys.get(jwt.get_unverified_header(token).get("kid"))
+            if key is None:
+                return None
+            claims = jwt.decode(token, key, algorithms=["RS256"], issuer=self.issuer,
+                                options={"require": ["exp", "iss"], "verify_aud": False})
+        except jwt.PyJWTError:
+            return None
+        audiences = claims.get("aud")
+        audiences = set(audiences) if isinstance(audiences, list) else {audiences}
+        if not (audiences | {claims.get("client_id")}) & set(self.audience):
+            return None
+        return claims
+
+
+def claim_strings(claims: dict) -> dict[str, str]:
+    """Claims as API Gateway passes them to the function: every value a string, arrays as "[a b]"."""
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, list):
+            return "[" + " ".join(text(v) for v in value) + "]"
+        if isinstance(value, dict):
+            return json.dumps(value, separators=(",", ":"))
+        return str(value)
+
+    return {name: text(value) for name, value in claims.items()}
+
+
+@dataclass(frozen=True)
 class Target:
     route: Route
     function: str  # logical id
+    authorizer: JwtAuthorizer | None = None
 
 
 # --- routing --------------------------------------------------------------------------
@@ -99,7 +155,8 @@ def parse_query(raw: str) -> dict[str, str]:
 
 # --- events and responses -------------------------------------------------------------
 def http_event(method: str, raw_path: str, raw_query: str, headers: list[tuple[str, str]],
-               body: bytes, route_key: str, path_params: dict, stage: str, source_ip: str) -> dict:
+               body: bytes, route_key: str, path_params: dict, stage: str, source_ip: str,
+               claims: dict | None = None) -> dict:
     merged: dict[str, str] = {}
     cookies: list[str] = []
     for name, value in headers:
@@ -137,6 +194,8 @@ def http_event(method: str, raw_path: str, raw_query: str, headers: list[tuple[s
         },
         "isBase64Encoded": False,
     }
+    if claims is not None:
+        event["requestContext"]["authorizer"] = {"jwt": {"claims": claim_strings(claims), "scopes": None}}
     if cookies:
         event["cookies"] = cookies
     query = parse_query(raw_query)
@@ -206,8 +265,14 @@ class Gateway:
         if found is None:
             return _json(*NOT_FOUND)
         target_route, params = found
+        claims = None
+        if target_route.authorizer is not None:
+            claims = target_route.authorizer.claims({name.lower(): value for name, value in headers})
+            if claims is None:
+                status, headers_out, data = _json(*UNAUTHORIZED)
+                return status, [*headers_out, ("www-authenticate", "Bearer")], data
         event = http_event(method, raw_path, raw_query, headers, body,
-                           target_route.route.route_key, params, stage, source_ip)
+                           target_route.route.route_key, params, stage, source_ip, claims)
         try:
             return http_response(self.invoke(target_route.function, event))
         except Exception:  # noqa: BLE001 - API Gateway answers 500 whatever the function did

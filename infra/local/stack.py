@@ -18,7 +18,15 @@ Environment (all optional):
   SCRM_LOCAL_CORPS        JSON file with a list of {corp_id, token, encoding_aes_key, secret,
                           agent_id}; without it a throwaway demo corp is generated
   SCRM_PARAMETER_OVERRIDES  template parameters, as for `sam deploy`: "Key=Value Key2=Value2"
+                          (OpsJwtIssuer / OpsJwtAudience set the local tokens' iss and aud)
   AWS_REGION / AWS_DEFAULT_REGION  kept if set (default us-east-1)
+
+Routes with a JWT authorizer in the template (the ops API) are checked by the gateway as
+API Gateway checks them. The stack is their identity provider: it makes an RSA key pair at
+start, mints a token per registered corp (iss and aud from the template parameters, sub
+"ops-local", "scrm:corp": the corp id, valid 12 hours), prints each one and hands it out
+through `ops_token(corp_id)`. `python -m infra.local.stack` also writes the endpoints and the
+tokens to .local/stack.json (removed when it stops), where the operator commands find them.
 
 The functions share one process, so os.environ holds the union of their variables. A
 variable whose value differs between functions is set to each function's own value while
@@ -49,10 +57,12 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 from moto.server import ThreadedMotoServer
 
 from infra.local import template as tpl
-from infra.local.gateway import Gateway, Target
+from infra.local.gateway import Gateway, JwtAuthorizer, Target
 from infra.local.pollers import QueuePoller
 
 log = logging.getLogger("infra.local.stack")
@@ -63,6 +73,28 @@ SQS_DEFAULT_VISIBILITY = 30
 DEMO_CORP_ID = "wwdemo0001"
 DEMO_AGENT_ID = "1000002"
 _ALNUM = string.ascii_letters + string.digits
+STATE_FILE = tpl.REPO_ROOT / ".local" / "stack.json"
+OPS_AUTHORIZER = "OpsJwt"  # the template's authorizer of the ops routes
+OPS_TOKEN_TTL = 12 * 3600
+OPS_SUBJECT = "ops-local"
+CORP_CLAIM = "scrm:corp"
+DEFAULT_IDENTITY_SOURCE = "$request.header.Authorization"
+
+
+class LocalIdentityProvider:
+    """Stands in for the issuer of the ops API's JWTs: one RSA key, made when the stack starts."""
+
+    key_id = "scrm-local"
+
+    def __init__(self) -> None:
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    @property
+    def public_keys(self) -> dict[str, Any]:
+        return {self.key_id: self._key.public_key()}
+
+    def sign(self, claims: dict) -> str:
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.key_id})
 
 
 class LambdaContext:
@@ -132,7 +164,8 @@ def _env_int(name: str, default: int) -> int:
 class LocalStack:
     def __init__(self, template_path: Path | str = tpl.TEMPLATE_PATH, *, moto_port: int | None = None,
                  http_port: int | None = None, sim_port: int | None = None, visibility: int | None = None,
-                 corps: list | None = None, parameters: dict[str, str] | None = None):
+                 corps: list | None = None, parameters: dict[str, str] | None = None,
+                 state_file: Path | str | None = None):
         self.template_path = Path(template_path)
         self.template = tpl.load(self.template_path)
         self.moto_port = _env_int("SCRM_MOTO_PORT", 0) if moto_port is None else moto_port
@@ -145,6 +178,8 @@ class LocalStack:
         self._demo_corp_ids: set[str] = set()  # generated here, so their secrets may be printed
         self.region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.wecom_api_base = os.environ.get("WECOM_API_BASE") or None  # an external WeCom API: no simulator
+        self.state_file = Path(state_file) if state_file is not None else None
+        self._state_written = False  # a failed start must not remove another stack's file
 
         self.endpoint = ""
         self.api_base = ""
@@ -165,6 +200,9 @@ class LocalStack:
         self._in_flight = 0
         self._invocations = 0
         self._started = False
+        self.identity: LocalIdentityProvider | None = None
+        self.ops_authorizer: JwtAuthorizer | None = None
+        self._ops_tokens: dict[str, str] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> LocalStack:
@@ -191,7 +229,9 @@ class LocalStack:
             self._load_functions()
             self._start_gateway()
             self._register_corps()
+            self._mint_ops_tokens()
             self._start_pollers()
+            self._write_state()
         except BaseException:
             self.stop()
             raise
@@ -201,6 +241,7 @@ class LocalStack:
         if not self._started:
             return
         self._stopping.set()
+        self._remove_state()
         for poller in self._pollers:
             poller.join(timeout=15)  # an invocation in progress is allowed to finish
         self._pollers = []
@@ -405,12 +446,52 @@ class LocalStack:
     def callback_url(self, corp_id: str) -> str:
         return f"{self.gateway_url}/wecom/callback/{corp_id}"
 
+    def _authorizers(self) -> dict[tuple[str, str], JwtAuthorizer]:
+        """(function, event) -> the JWT authorizer of that route, as the template assigns them:
+        the event's Auth.Authorizer, else its HttpApi's DefaultAuthorizer; NONE means none."""
+        resources = self.template.resources
+        built: dict[str, JwtAuthorizer] = {}
+        found = {}
+        for fn in self.template.functions.values():
+            events = resources[fn.logical_id].get("Properties", {}).get("Events") or {}
+            for route in fn.routes:
+                props = events[route.event].get("Properties", {})
+                api_id = props.get("ApiId")
+                api = resources.get(api_id.get("Ref"), {}) if isinstance(api_id, dict) else {}
+                auth = api.get("Properties", {}).get("Auth") or {}
+                name = (props.get("Auth") or {}).get("Authorizer", auth.get("DefaultAuthorizer"))
+                if name in (None, "NONE"):
+                    continue
+                if name not in built:
+                    built[name] = self._jwt_authorizer(name, (auth.get("Authorizers") or {}).get(name))
+                found[(fn.logical_id, route.event)] = built[name]
+        return found
+
+    def _jwt_authorizer(self, name: str, config: dict | None) -> JwtAuthorizer:
+        if not config or "JwtConfiguration" not in config:
+            raise tpl.TemplateError(f"authorizer {name}: the local gateway runs JWT authorizers only")
+        source = config.get("IdentitySource", DEFAULT_IDENTITY_SOURCE)
+        if not source.startswith("$request.header."):
+            raise tpl.TemplateError(f"authorizer {name}: IdentitySource {source!r} is not a header")
+        resolver, jwt_config = self._resolver(), config["JwtConfiguration"]
+        return JwtAuthorizer(name=name, issuer=resolver.resolve(jwt_config["issuer"]),
+                             audience=tuple(resolver.resolve(a) for a in jwt_config.get("audience") or []),
+                             keys=self.identity.public_keys, header=source.removeprefix("$request.header.").lower())
+
     def _start_gateway(self) -> None:
-        targets = [Target(route, fn.logical_id) for fn in self.template.functions.values() for route in fn.routes]
+        self.identity = LocalIdentityProvider()
+        authorizers = self._authorizers()
+        self.ops_authorizer = next((a for a in authorizers.values() if a.name == OPS_AUTHORIZER), None)
+        targets = [Target(route, fn.logical_id, authorizers.get((fn.logical_id, route.event)))
+                   for fn in self.template.functions.values() for route in fn.routes]
         stage = self.template.http_api_stage
         stage = self._resolver().resolve(stage) if stage is not None else None
         self._gateway = Gateway(targets, self.invoke, self, stage, self.http_port)
         self._gateway.start()
+
+    def _mint_ops_tokens(self) -> None:
+        if self.ops_authorizer is not None:
+            self._ops_tokens = {c.corp_id: self.mint_token(self.ops_claims(c.corp_id)) for c in self.corps}
 
     def _start_pollers(self) -> None:
         for fn in self.template.functions.values():
@@ -421,6 +502,45 @@ class LocalStack:
                 self._pollers.append(poller)
 
     # --- what tests, the demo and /_local/ use --------------------------------------------
+    def ops_claims(self, corp_id: str, now: float | None = None) -> dict:
+        """The claims of a valid ops token of `corp_id` (tests vary them to make invalid ones)."""
+        if self.ops_authorizer is None:
+            raise LookupError(f"the template has no {OPS_AUTHORIZER} authorizer")
+        issued = int(time.time() if now is None else now)
+        return {"iss": self.ops_authorizer.issuer, "aud": self.ops_authorizer.audience[0], "sub": OPS_SUBJECT,
+                CORP_CLAIM: corp_id, "iat": issued, "exp": issued + OPS_TOKEN_TTL}
+
+    def mint_token(self, claims: dict) -> str:
+        """A JWT signed with the stack's key: the gateway accepts it if the claims are right."""
+        return self.identity.sign(claims)
+
+    def ops_token(self, corp_id: str) -> str:
+        """The ops API token of a registered corp, minted at start."""
+        if corp_id not in self._ops_tokens:
+            raise LookupError(f"no ops token for {corp_id!r} (tokens: {', '.join(self._ops_tokens) or 'none'})")
+        return self._ops_tokens[corp_id]
+
+    def state(self) -> dict:
+        """Where everything listens, for other processes (infra/scripts/target.py reads it)."""
+        return {"aws_endpoint_url": self.endpoint, "region": self.region, "table_name": self.table_name,
+                "queue_urls": self.queue_urls, "gateway_url": self.gateway_url,
+                "sim_url": self.sim.base_url if self.sim else None, "ops_tokens": dict(self._ops_tokens)}
+
+    def _write_state(self) -> None:
+        if self.state_file is None:
+            return
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        # owner-only: it holds bearer tokens
+        fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self.state(), fh, indent=2)
+        self._state_written = True
+
+    def _remove_state(self) -> None:
+        if self._state_written:
+            self.state_file.unlink(missing_ok=True)
+            self._state_written = False
+
     @property
     def gateway_url(self) -> str:
         return self._gateway.url
@@ -485,9 +605,12 @@ class LocalStack:
         lines = [f"SCRM local stack from {self.template_path}",
                  f"  AWS (moto: DynamoDB, SQS, Secrets Manager)  {self.endpoint}",
                  f"  HTTP API                                    {self.gateway_url}"]
+        targets = self._gateway.targets if self._gateway else []
+        authorized = {(t.function, t.route.event) for t in targets if t.authorizer}
         for fn in self.template.functions.values():
             for route in fn.routes:
-                lines.append(f"    {route.method:<6} {route.path:<34} -> {fn.logical_id}")
+                jwt_mark = "  (JWT)" if (fn.logical_id, route.event) in authorized else ""
+                lines.append(f"    {route.method:<6} {route.path:<42} -> {fn.logical_id}{jwt_mark}")
         lines.append(f"    GET    /_local/health | GET /_local/queues | POST /_local/schedules/<FunctionId>")
         wecom = self.sim.base_url if self.sim else f"{self.wecom_api_base} (WECOM_API_BASE; no simulator)"
         lines.append(f"  WeCom API                                   {wecom}")
@@ -509,6 +632,10 @@ class LocalStack:
             if creds.corp_id in self._demo_corp_ids:
                 lines += [f"    token {creds.token}  EncodingAESKey {creds.encoding_aes_key}",
                           f"    secret {creds.secret}  agent_id {creds.agent_id}  (throwaway demo credentials)"]
+            if creds.corp_id in self._ops_tokens:
+                lines.append(f"  ops token for {creds.corp_id}: {self._ops_tokens[creds.corp_id]}")
+        if self._ops_tokens:
+            lines.append(f"    curl -H 'Authorization: Bearer <token>' {self.gateway_url}/ops/stores")
         lines += ["  use it from another shell:",
                   f"    export AWS_ENDPOINT_URL={self.endpoint} AWS_ACCESS_KEY_ID=testing "
                   f"AWS_SECRET_ACCESS_KEY=testing AWS_REGION={self.region}"]
@@ -528,6 +655,8 @@ def _forget_scrm_state() -> None:
         sys.modules["scrm.intake"].reset_clients()
     if "scrm.wecom.client" in sys.modules:
         sys.modules["scrm.wecom.client"].forget_caches()
+    if "scrm.ops.auth" in sys.modules:
+        sys.modules["scrm.ops.auth"].forget_cache()
     if "scrm.models" in sys.modules:
         entity = sys.modules["scrm.models"].Entity
         if os.environ.get("TABLE_NAME"):
@@ -546,7 +675,7 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with LocalStack() as stack:
+    with LocalStack(state_file=STATE_FILE) as stack:
         print(stack.describe(), flush=True)
         print("Ctrl-C stops it.", flush=True)
         while not stop.wait(0.5):

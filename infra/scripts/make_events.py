@@ -90,6 +90,12 @@ def build() -> dict[str, dict]:
                        "SenderId": "AIDAIENQZJOLO23YVJ4VO", "ApproximateFirstReceiveTimestamp": "1795600000001"},
         "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:EventsQueue", "awsRegion": "us-east-1"}]}
+    welcome = json.loads(json.dumps(out["worker/sqs_batch.json"]))
+    body = {**message, "event_id": "sample0000000000000000000000000000000002",
+            "fields": {**message["fields"], "WelcomeCode": "WELCOMECODE0001"}}
+    welcome["Records"][0]["body"] = json.dumps(body, ensure_ascii=False)
+    welcome["Records"][0]["eventSourceARN"] = "arn:aws:sqs:us-east-1:123456789012:WelcomeQueue"
+    out["welcome/sqs_batch.json"] = welcome
     out["sweeper/schedule.json"] = {
         "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event",
         "source": "aws.events", "account": "123456789012", "time": "2026-11-25T08:05:00Z", "region": "us-east-1",

@@ -23,12 +23,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from scrm.recovery import describe_dead_letters, replay_dead_letters
 
-    if args.dry_run:
-        for letter in describe_dead_letters(names["events_dlq_url"]):
-            print(letter)
-        return 0
-    moved = replay_dead_letters(names["events_dlq_url"], names["events_queue_url"], limit=args.limit)
-    print(f"moved {moved} message(s) from the dead-letter queue back to the events queue")
+    for dlq_url, queue_url in names["redrives"]:
+        dlq, queue = dlq_url.rsplit("/", 1)[-1], queue_url.rsplit("/", 1)[-1]
+        if args.dry_run:
+            letters = describe_dead_letters(dlq_url)
+            print(f"{dlq}: {len(letters)} message(s) seen")
+            for letter in letters:
+                print(f"  {letter}")
+            continue
+        moved = replay_dead_letters(dlq_url, queue_url, limit=args.limit)
+        print(f"{dlq}: moved {moved} message(s) back to {queue}")
     return 0
 
 

@@ -21,14 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configure(args: argparse.Namespace) -> dict:
-    """Point boto3 and scrm at the target; return its table and queue names."""
+    """Point boto3 and scrm at the target; return its table, queues and DLQ → queue pairs."""
     if args.aws:
         import boto3
 
         stack = boto3.client("cloudformation").describe_stacks(StackName=args.stack_name)["Stacks"][0]
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-        target = {"table_name": outputs["TableName"], "events_queue_url": outputs["EventsQueueUrl"],
-                  "events_dlq_url": outputs["EventsDLQUrl"]}
+        queue_urls = {"EventsQueue": outputs["EventsQueueUrl"], "EventsDLQ": outputs["EventsDLQUrl"],
+                      "WelcomeQueue": outputs["WelcomeQueueUrl"], "WelcomeDLQ": outputs["WelcomeDLQUrl"]}
+        table_name = outputs["TableName"]
     else:
         if not LOCAL_STATE.exists():
             raise SystemExit("the local stack is not running: start it with `make up` (or pass --aws)")
@@ -37,8 +38,11 @@ def configure(args: argparse.Namespace) -> dict:
         for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                             ("AWS_DEFAULT_REGION", state.get("region", "us-east-1"))):
             os.environ.setdefault(name, value)
-        target = {"table_name": state["table_name"], "events_queue_url": state["queue_urls"]["EventsQueue"],
-                  "events_dlq_url": state["queue_urls"]["EventsDLQ"]}
-    os.environ["TABLE_NAME"] = target["table_name"]
-    os.environ["EVENTS_QUEUE_URL"] = target["events_queue_url"]
-    return target
+        queue_urls, table_name = state["queue_urls"], state["table_name"]
+    os.environ["TABLE_NAME"] = table_name
+    os.environ["EVENTS_QUEUE_URL"] = queue_urls["EventsQueue"]
+    os.environ["WELCOME_QUEUE_URL"] = queue_urls["WelcomeQueue"]
+    return {"table_name": table_name, "queue_urls": queue_urls,
+            # (dead-letter queue, the queue its messages came from)
+            "redrives": [(queue_urls["EventsDLQ"], queue_urls["EventsQueue"]),
+                         (queue_urls["WelcomeDLQ"], queue_urls["WelcomeQueue"])]}

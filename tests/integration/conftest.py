@@ -114,3 +114,20 @@ def aws(ddb: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     reset()
     yield Aws(table_name=ddb, queue_urls=urls)
     reset()
+
+
+@pytest.fixture
+def simulated_wecom(aws: Aws, monkeypatch: pytest.MonkeyPatch):
+    """The WeCom simulator on a free loopback port, with the clients pointed at it."""
+    from infra.local.wecom_sim import WeComSimulator
+    from scrm import wecom
+    from scrm.config import settings
+
+    sim = WeComSimulator()
+    sim.start("127.0.0.1", 0)
+    monkeypatch.setenv("WECOM_API_BASE", f"{sim.base_url}/cgi-bin")
+    settings.cache_clear()
+    wecom.forget_caches()
+    yield sim
+    sim.stop()
+    settings.cache_clear()

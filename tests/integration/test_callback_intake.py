@@ -14,8 +14,9 @@ from tests.support.functions import LambdaContext, load_function
 
 
 @pytest.fixture
-def corp(aws):
+def corp(aws, simulated_wecom):
     corps.register(CorpCredentials.from_json(VECTOR_A))
+    simulated_wecom.add_corp(**{k: VECTOR_A[k] for k in ("corp_id", "secret", "token", "encoding_aes_key", "agent_id")})
     return VECTOR_A
 
 

@@ -16,6 +16,7 @@ DEFAULT_WECOM_API_BASE = "https://qyapi.weixin.qq.com/cgi-bin"
 class Settings:
     table_name: str
     events_queue_url: str
+    welcome_queue_url: str  # the fast lane: events carrying a WelcomeCode (20-second window)
     secret_prefix: str
     wecom_api_base: str
     wecom_timeout: float  # seconds per WeCom HTTP call
@@ -28,6 +29,7 @@ def settings() -> Settings:
     return Settings(
         table_name=env.get("TABLE_NAME", "scrm-local"),
         events_queue_url=env.get("EVENTS_QUEUE_URL", ""),
+        welcome_queue_url=env.get("WELCOME_QUEUE_URL") or env.get("EVENTS_QUEUE_URL", ""),
         secret_prefix=env.get("SECRET_PREFIX", "scrm/corp/"),
         wecom_api_base=(env.get("WECOM_API_BASE") or DEFAULT_WECOM_API_BASE).rstrip("/"),
         wecom_timeout=float(env.get("WECOM_TIMEOUT", "3")),

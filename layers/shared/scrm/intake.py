@@ -195,9 +195,16 @@ def persist(event: CallbackEvent, now: float) -> bool:
     return True
 
 
+def queue_for(event: CallbackEvent) -> str:
+    """Events with a WelcomeCode take the welcome lane, so no backlog eats their 20 s."""
+    if event.fields.get("WelcomeCode"):
+        return settings().welcome_queue_url
+    return settings().events_queue_url
+
+
 def enqueue(event: CallbackEvent) -> None:
     _sqs().send_message(
-        QueueUrl=settings().events_queue_url,
+        QueueUrl=queue_for(event),
         MessageBody=json.dumps(event.as_message(), ensure_ascii=False),
     )
 

@@ -91,6 +91,23 @@ def staff_by_store(corp_id: str, store_id: int | str) -> str:
     return f"{_corp(corp_id)}{SEP}STORE{SEP}{store_id}"
 
 
+STAFF_PREFIX = f"STAFF{SEP}"
+
+
+def staff_of_corp(corp_id: str) -> str:
+    """GSI2PK of every staff row of a corp (the full sync diffs against it); GSI2SK = userid."""
+    return f"{_corp(corp_id)}{SEP}STAFFS"
+
+
+def stores(corp_id: str) -> str:
+    """GSI1PK of the departments that are stores; GSI1SK = store_sort(dept_id)."""
+    return f"{_corp(corp_id)}{SEP}STORES"
+
+
+def store_sort(dept_id: int | str) -> str:
+    return f"STORE{SEP}{int(dept_id):010d}"  # zero-padded: stores list in id order
+
+
 # --- customers, follow relations, timeline -------------------------------------------
 def customer_pk(corp_id: str, external_userid: str) -> str:
     return f"{_corp(corp_id)}{SEP}CUST{SEP}{external_userid}"
@@ -132,6 +149,10 @@ def tag(corp_id: str, tag_id: str) -> tuple[str, str]:
     return tags(corp_id), f"TAG{SEP}{tag_id}"
 
 
+TAG_GROUP_PREFIX = f"GROUP{SEP}"
+TAG_PREFIX = f"TAG{SEP}"
+
+
 def group_chat(corp_id: str, chat_id: str) -> tuple[str, str]:
     return f"{_corp(corp_id)}{SEP}CHAT{SEP}{chat_id}", "CHAT"
 
@@ -147,8 +168,18 @@ def contact_ways(corp_id: str) -> str:
 
 
 def contact_way_by_state(corp_id: str, state: str) -> str:
-    """GSI2PK: the contact way a `state` came from."""
+    """GSI2PK: the contact way a `state` came from; GSI2SK = config_id."""
     return f"{_corp(corp_id)}{SEP}STATE{SEP}{state}"
+
+
+def contact_way_owner(owner_kind: str, owner_id: str | None = None) -> str:
+    """GSI1SK prefix of a corp's contact ways of one owner kind (and owner); + config_id = GSI1SK."""
+    return f"{owner_kind}{SEP}" if owner_id is None else f"{owner_kind}{SEP}{owner_id}{SEP}"
+
+
+def contact_way_claim(corp_id: str, state: str) -> tuple[str, str]:
+    """A state reserved before add_contact_way is called: what makes creation retry-safe."""
+    return f"{_corp(corp_id)}{SEP}WAYCLAIM{SEP}{state}", "CLAIM"
 
 
 def campaign(corp_id: str, campaign_id: str) -> tuple[str, str]:
@@ -169,7 +200,12 @@ def coupon_stock(corp_id: str, template_id: str) -> tuple[str, str]:
 
 
 def coupon_templates(corp_id: str) -> str:
+    """GSI1PK listing a corp's coupon templates; GSI1SK = coupon_template_sk (newest last)."""
     return f"{_corp(corp_id)}{SEP}COUPONTPLS"
+
+
+def coupon_template_sk(created_at: int, template_id: str) -> str:
+    return f"TPL{SEP}{created_at:010d}{SEP}{template_id}"
 
 
 def coupon(corp_id: str, code: str) -> tuple[str, str]:
@@ -183,6 +219,10 @@ def coupon_redemption(corp_id: str, code: str) -> tuple[str, str]:
 def coupons_of_customer(corp_id: str, external_userid: str) -> str:
     """GSI1PK of an issued coupon; GSI1SK = COUPON#issued_at#code."""
     return f"{customer_pk(corp_id, external_userid)}{SEP}COUPONS"
+
+
+def coupon_of_customer_sk(issued_at: int, code: str) -> str:
+    return f"COUPON{SEP}{issued_at:010d}{SEP}{code}"
 
 
 def coupon_claims(corp_id: str, external_userid: str, template_id: str) -> tuple[str, str]:

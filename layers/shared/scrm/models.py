@@ -113,6 +113,11 @@ class Department(Entity, discriminator="Department"):
     parent_id = NumberAttribute(null=True)
     order = NumberAttribute(null=True)
     level = UnicodeAttribute(null=True)  # branch | region | store | other
+    depth = NumberAttribute(null=True)  # root = 1; None while the parent chain is unknown
+    # Placement by the corp's org rule (scrm.org): the store/region/branch this department is in
+    store_id = UnicodeAttribute(null=True)
+    region_id = UnicodeAttribute(null=True)
+    branch_id = UnicodeAttribute(null=True)
     deleted = BooleanAttribute(default=False)
     version = NumberAttribute(default=0)
 
@@ -128,8 +133,21 @@ class Staff(Entity, discriminator="Staff"):
     branch_id = UnicodeAttribute(null=True)
     status = UnicodeAttribute(default="active")  # active | resigned
     resigned_at = NumberAttribute(null=True)
+    customers_left_behind = NumberAttribute(null=True)  # active follows when marked resigned
     renamed_to = UnicodeAttribute(null=True)
     version = NumberAttribute(default=0)
+
+
+class Touch(MapAttribute):
+    """One add of a customer: who was added, through which state, channel, store and campaign."""
+
+    at = NumberAttribute()
+    userid = UnicodeAttribute()
+    state = UnicodeAttribute(null=True)
+    channel = UnicodeAttribute(null=True)
+    store_id = UnicodeAttribute(null=True)
+    campaign_id = UnicodeAttribute(null=True)
+    config_id = UnicodeAttribute(null=True)
 
 
 class Customer(Entity, discriminator="Customer"):
@@ -141,8 +159,10 @@ class Customer(Entity, discriminator="Customer"):
     avatar = UnicodeAttribute(null=True)
     corp_name = UnicodeAttribute(null=True)
     first_seen_at = NumberAttribute(null=True)
-    attribution = MapAttribute(null=True)  # first/latest channel, staff, store, campaign
-    profile_at = NumberAttribute(null=True)
+    # Attribution: the earliest and the latest add (each written only if older / newer)
+    first_touch = Touch(null=True)
+    latest_touch = Touch(null=True)
+    profile_at = NumberAttribute(null=True)  # when the profile was fetched: it only moves forward
 
 
 class Follow(Entity, discriminator="Follow"):
@@ -155,11 +175,14 @@ class Follow(Entity, discriminator="Follow"):
     state = UnicodeAttribute(null=True)
     add_way = NumberAttribute(null=True)
     remark = UnicodeAttribute(null=True)
+    description = UnicodeAttribute(null=True)
     tag_ids = UnicodeSetAttribute(null=True)
     delete_source = UnicodeAttribute(null=True)
     transfer_fail_reason = UnicodeAttribute(null=True)
     # create_time * 10 + rank of the last event applied: state never goes backwards
     version = NumberAttribute(default=0)
+    # when remark/description/state/add_way/tags were fetched from WeCom: they only move forward
+    synced_at = NumberAttribute(null=True)
 
 
 class TimelineEntry(Entity, discriminator="TimelineEntry"):
@@ -176,6 +199,8 @@ class TagGroup(Entity, discriminator="TagGroup"):
     order = NumberAttribute(null=True)
     deleted = BooleanAttribute(default=False)
     needs_sync = BooleanAttribute(default=False)
+    strategy_id = UnicodeAttribute(null=True)  # rule-group (策略) tags: not in get_corp_tag_list
+    synced_at = NumberAttribute(null=True)  # when last pulled from WeCom
     version = NumberAttribute(default=0)
 
 
@@ -186,6 +211,8 @@ class Tag(Entity, discriminator="Tag"):
     order = NumberAttribute(null=True)
     deleted = BooleanAttribute(default=False)
     needs_sync = BooleanAttribute(default=False)
+    strategy_id = UnicodeAttribute(null=True)  # rule-group (策略) tags: not in get_corp_tag_list
+    synced_at = NumberAttribute(null=True)  # when last pulled from WeCom
     version = NumberAttribute(default=0)
 
 
@@ -230,6 +257,10 @@ class ContactWay(Entity, discriminator="ContactWay"):
     welcome = JSONAttribute(null=True)  # overrides the campaign's welcome
     created_at = NumberAttribute()
     deleted = BooleanAttribute(default=False)
+    # Only on the claim row (keys.contact_way_claim) that reserves the state before WeCom is called
+    fingerprint = UnicodeAttribute(null=True)  # digest of the create request
+    claim_status = UnicodeAttribute(null=True)  # pending | created | deleted
+    lease_until = NumberAttribute(null=True)
 
 
 class Campaign(Entity, discriminator="Campaign"):
@@ -277,6 +308,11 @@ class Coupon(Entity, discriminator="Coupon"):
     campaign_id = UnicodeAttribute(null=True)
     external_userid = UnicodeAttribute()
     occasion = UnicodeAttribute()
+    # The template's terms, copied at issue so the till needs no second read.
+    kind = UnicodeAttribute(null=True)
+    amount = NumberAttribute(null=True)
+    discount = NumberAttribute(null=True)
+    threshold = NumberAttribute(null=True)
     status = UnicodeAttribute()  # issued | redeemed
     issued_at = NumberAttribute()
     valid_from = NumberAttribute()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
 NAMESPACE = "Scrm"
@@ -47,7 +47,6 @@ class MaskingFormatter(LambdaPowertoolsFormatter):
 # One logger per process, shared by the function and the scrm modules it calls; the
 # service name comes from POWERTOOLS_SERVICE_NAME, set per function in template.yaml.
 log = Logger(logger_formatter=MaskingFormatter())
-tracer = Tracer()
 
 
 def metrics() -> Metrics:

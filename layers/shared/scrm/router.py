@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from pynamodb.exceptions import UpdateError
 
 from scrm import keys
 from scrm.events import CallbackEvent
@@ -68,7 +69,7 @@ def finish(event: CallbackEvent, status: str, outcome: str, now: float | None = 
             ],
             condition=Event.PK.exists(),
         )
-    except Event.UpdateError as err:
+    except UpdateError as err:
         if getattr(err, "cause_response_code", None) != "ConditionalCheckFailedException":
             raise
         # The row expired (TTL) before a replay reached us: the effects ran, nothing to mark.

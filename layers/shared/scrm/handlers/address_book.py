@@ -1,7 +1,11 @@
-"""change_contact: staff and departments as the address book reports them."""
+"""change_contact: staff and departments as the address book reports them.
+
+Staff are placed in a store from the stored department rows at once (scrm.org), so a new
+member has a store before the nightly full sync; a party change re-places the departments.
+"""
 from __future__ import annotations
 
-from scrm import keys
+from scrm import keys, org
 from scrm.events import CallbackEvent
 from scrm.handlers import Permanent, apply_versioned, integer, text, version_of
 from scrm.models import Department, Staff
@@ -37,12 +41,12 @@ def _user(event: CallbackEvent) -> str:
         raise Permanent("missing_user_id")
     version = version_of(event.create_time, USER_RANK[change])
     if change == "delete_user" or text(fields, "Status") == EXITED:
-        actions = [Staff.userid.set(userid), Staff.status.set("resigned"),
-                   Staff.resigned_at.set(event.create_time)]
+        actions = org.resign_actions(event.corp_id, userid, event.create_time)
         return "applied" if apply_versioned(Staff(*keys.staff(event.corp_id, userid)), version, actions) else "stale"
     new_userid = text(fields, "NewUserID")
     target = new_userid or userid
-    actions = [Staff.userid.set(target), Staff.status.set("active"), Staff.resigned_at.remove()]
+    actions = [Staff.userid.set(target), Staff.status.set("active"), Staff.resigned_at.remove(),
+               Staff.customers_left_behind.remove()]
     for attr, field in ((Staff.name, "Name"), (Staff.mobile, "Mobile")):
         value = text(fields, field)
         if value is not None:
@@ -50,14 +54,29 @@ def _user(event: CallbackEvent) -> str:
     departments = _departments(fields)
     if departments is not None:
         actions.append(Staff.departments.set(departments))
-    main = integer(fields, "MainDepartment")
-    if main is not None:
+    main = _main_department(event.corp_id, target, integer(fields, "MainDepartment"), departments)
+    if main is None:
+        actions += org.listed_actions(event.corp_id, target)
+    else:
         actions.append(Staff.main_department.set(main))
+        actions += org.placement_actions(event.corp_id, target, main)
     applied = apply_versioned(Staff(*keys.staff(event.corp_id, target)), version, actions)
     if new_userid and new_userid != userid:
         apply_versioned(Staff(*keys.staff(event.corp_id, userid)), version,
                         [Staff.userid.set(userid), Staff.status.set("renamed"), Staff.renamed_to.set(new_userid)])
     return "applied" if applied else "stale"
+
+
+def _main_department(corp_id: str, userid: str, main: int | None, departments: list[int] | None) -> int | None:
+    """MainDepartment if sent; else (events since 2022 carry only Department) the stored one
+    while the member is still in it, or the first listed department."""
+    if main is not None or not departments:
+        return main
+    try:
+        stored = Staff.get(*keys.staff(corp_id, userid)).main_department
+    except Staff.DoesNotExist:
+        stored = None
+    return stored if stored in departments else departments[0]
 
 
 def _party(event: CallbackEvent) -> str:
@@ -76,4 +95,7 @@ def _party(event: CallbackEvent) -> str:
     if order is not None:
         actions.append(Department.order.set(order))
     row = Department(*keys.department(event.corp_id, dept_id))
-    return "applied" if apply_versioned(row, version_of(event.create_time, PARTY_RANK[change]), actions) else "stale"
+    if not apply_versioned(row, version_of(event.create_time, PARTY_RANK[change]), actions):
+        return "stale"
+    org.relevel(event.corp_id)  # levels follow the tree: a new store, a moved region...
+    return "applied"

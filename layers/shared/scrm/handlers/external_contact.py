@@ -1,11 +1,12 @@
 """change_external_contact: follow relations, the customer's timeline and daily counts."""
 from __future__ import annotations
 
-from scrm import keys
+from scrm import customers, keys, welcome
 from scrm.events import CallbackEvent
 from scrm.handlers import Permanent, apply_versioned, text, version_of
 from scrm.models import Customer, Follow, Staff, TimelineEntry
 from scrm.once import count_once
+from scrm.wecom.client import for_corp
 
 RANK = {
     "add_external_contact": 1,
@@ -23,6 +24,9 @@ STATUS = {
     "del_follow_user": "deleted_by_customer",
 }
 TRANSFER_SOURCE = "DELETE_BY_TRANSFER"
+WELCOMED = {"add_external_contact", "add_half_external_contact", "msg_audit_approved"}
+# events after which the profile, follow details and attribution are pulled from WeCom
+WITH_WECOM_CALLS = WELCOMED | {"edit_external_contact"}
 
 
 def handle(event: CallbackEvent) -> str:
@@ -47,7 +51,13 @@ def handle(event: CallbackEvent) -> str:
                               version_of(event.create_time, RANK[change]),
                               _follow_actions(event, corp_id, external_userid, userid))
     _count(event, userid)
-    return "applied" if applied else "stale"
+    outcomes = ["applied" if applied else "stale"]
+    if change in WITH_WECOM_CALLS:
+        client = for_corp(corp_id)
+        if change in WELCOMED and text(fields, "WelcomeCode"):
+            outcomes.append(welcome.send_for(event, client))  # first: it has a 20-second window
+        outcomes.append(customers.on_contact_event(event, client))
+    return ",".join(outcomes)
 
 
 def _follow_actions(event: CallbackEvent, corp_id: str, external_userid: str, userid: str) -> list:
@@ -84,10 +94,11 @@ def _count(event: CallbackEvent, userid: str) -> None:
         metric = "deleted_customers"
     else:
         return
-    count_once(event.corp_id, event.event_id, metric, _scopes(event.corp_id, userid), event.create_time)
+    count_once(event.corp_id, event.event_id, metric, scopes_of(event.corp_id, userid), event.create_time)
 
 
-def _scopes(corp_id: str, userid: str) -> dict[str, str]:
+def scopes_of(corp_id: str, userid: str) -> dict[str, str]:
+    """Where a staff member's figures roll up: themselves, their store, region, branch, corp."""
     scopes = {"staff": userid, "corp": corp_id}
     try:
         staff = Staff.get(*keys.staff(corp_id, userid))

@@ -1,31 +1,57 @@
-"""change_external_tag: corp tags and tag groups, marked for a pull of their details."""
+"""change_external_tag: corp tags and tag groups.
+
+The event only names what changed (FACTS §3.4), so it is recorded (version-guarded, marked
+`needs_sync`) and then the group or tag is pulled with get_corp_tag_list. A shuffle with an
+empty Id reorders every group: everything is pulled. Deletions need no pull. Rule-group
+(strategy) tags are not in get_corp_tag_list, so they stay recorded for their own sync. If
+WeCom rate-limits the pull, the row keeps `needs_sync` and the nightly full sync fetches it.
+"""
 from __future__ import annotations
 
-from scrm import keys
+from scrm import keys, tags
 from scrm.events import CallbackEvent
 from scrm.handlers import Permanent, apply_versioned, text, version_of
 from scrm.models import Tag, TagGroup
+from scrm.wecom.client import for_corp
+from scrm.wecom.errors import RateLimited
 
 RANK = {"create": 1, "update": 1, "shuffle": 1, "delete": 2}
-ALL_GROUPS = "*"  # a shuffle with no Id reorders every group
 
 
 def handle(event: CallbackEvent) -> str:
     change = event.change_type
     if change not in RANK:
         return "stored"
-    object_id = text(event.fields, "Id")
-    version = version_of(event.create_time, RANK[change])
-    if change == "shuffle" or text(event.fields, "TagType") == "tag_group":
-        group_id = object_id or (ALL_GROUPS if change == "shuffle" else None)
-        if not group_id:
-            raise Permanent("missing_id")
-        row, cls = TagGroup(*keys.tag_group(event.corp_id, group_id)), TagGroup
-        actions = [TagGroup.group_id.set(group_id)]
+    corp_id, fields = event.corp_id, event.fields
+    object_id, strategy_id = text(fields, "Id"), text(fields, "StrategyId")
+    if change == "shuffle" and not object_id:
+        return _pull(corp_id, {})
+    if not object_id:
+        raise Permanent("missing_id")
+    is_group = change == "shuffle" or text(fields, "TagType") == "tag_group"
+    if is_group:
+        row, cls = TagGroup(*keys.tag_group(corp_id, object_id)), TagGroup
+        actions = [TagGroup.group_id.set(object_id)]
     else:
-        if not object_id:
-            raise Permanent("missing_id")
-        row, cls = Tag(*keys.tag(event.corp_id, object_id)), Tag
+        row, cls = Tag(*keys.tag(corp_id, object_id)), Tag
         actions = [Tag.tag_id.set(object_id)]
     actions += [cls.deleted.set(change == "delete"), cls.needs_sync.set(change != "delete")]
-    return "applied" if apply_versioned(row, version, actions) else "stale"
+    if strategy_id:
+        actions.append(cls.strategy_id.set(strategy_id))
+    if not apply_versioned(row, version_of(event.create_time, RANK[change]), actions):
+        return "stale"  # a newer event on the same object pulls it
+    if strategy_id:
+        return "applied"
+    if change == "delete":
+        if is_group:
+            tags.forget_group(corp_id, object_id)
+        return "applied"
+    return _pull(corp_id, {"group_ids": [object_id]} if is_group else {"tag_ids": [object_id]})
+
+
+def _pull(corp_id: str, target: dict[str, list[str]]) -> str:
+    try:
+        tags.sync_corp_tags(for_corp(corp_id), corp_id, **target)
+    except RateLimited:
+        return "sync_deferred"
+    return "synced"

@@ -362,3 +362,10 @@ class WeComClient:
 
     def get_moment_task_result(self, jobid: str) -> dict:
         return self.get("externalcontact/get_moment_task_result", {"jobid": jobid})
+
+
+def for_corp(corp_id: str) -> WeComClient:
+    """A client for a registered corp: credentials cached by scrm.corps, the token shared."""
+    from scrm import corps
+
+    return WeComClient(corps.load(corp_id))

@@ -1,0 +1,180 @@
+"""`make bench`: figures, not pass/fail. Run from the repo root with the virtualenv.
+
+Spine (issue 2)
+  1. callback answer latency p50/p99 through the local stack (HTTP gateway → function)
+  2. the callback function's fresh-process import time as a ratio to `import boto3`
+     (goal ≤ 1.3x), the median of several fresh processes each
+  3. DynamoDB and SQS requests per accepted callback (goal: at most 2 writes before the answer)
+Acquisition (issue 3)
+  4. callback-to-welcome latency p50/p99 on the local stack (goal p99 < 2 s), as the
+     WeCom simulator measures it: from the WelcomeCode's issue to send_welcome_msg
+  5. DynamoDB requests and WeCom calls per new customer (goal ≤ 2 WeCom calls besides a token refresh)
+  6. coupon issues per second under 200 concurrent claims, with the oversell count (goal 0)
+
+Latencies are wall-clock on a shared 2-core machine: compare runs on the same machine.
+Counts and ratios are the figures to trust.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+CALLBACKS = int(os.environ.get("BENCH_CALLBACKS", "200"))
+CUSTOMERS = int(os.environ.get("BENCH_CUSTOMERS", "40"))
+IMPORT_RUNS = int(os.environ.get("BENCH_IMPORT_RUNS", "7"))
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def line(name: str, value: str, goal: str = "") -> None:
+    print(f"  {name:<58} {value:>16}   {goal}")
+
+
+# --- 2. import time ---------------------------------------------------------------------
+def _import_seconds(code: str) -> float:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}",
+           "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def import_ratio() -> tuple[float, float, float]:
+    boto = "import time; t = time.perf_counter(); import boto3; print(time.perf_counter() - t)"
+    callback = ("import time, importlib.util; t = time.perf_counter(); "
+                "s = importlib.util.spec_from_file_location('app', 'functions/callback/app.py'); "
+                "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print(time.perf_counter() - t)")
+    boto_runs, callback_runs = [], []
+    for _ in range(IMPORT_RUNS):  # interleaved, so machine noise hits both alike
+        boto_runs.append(_import_seconds(boto))
+        callback_runs.append(_import_seconds(callback))
+    b, c = statistics.median(boto_runs), statistics.median(callback_runs)
+    return b, c, c / b
+
+
+# --- the local stack ----------------------------------------------------------------------
+def count_aws_calls(counter: Counter):
+    """Count every AWS request this process makes (botocore's before-call event)."""
+    import botocore.session
+
+    original = botocore.session.Session.create_client
+
+    def create_client(self, *args, **kwargs):
+        client = original(self, *args, **kwargs)
+        service = client.meta.service_model.service_name
+        client.meta.events.register("before-call.*.*", lambda model, **_: counter.update([f"{service}:{model.name}"]))
+        return client
+
+    botocore.session.Session.create_client = create_client
+    return lambda: setattr(botocore.session.Session, "create_client", original)
+
+
+def callback_figures(stack, corp) -> None:
+    from scrm.crypto import WeComCrypto
+
+    crypto = WeComCrypto(corp.token, corp.encoding_aes_key, corp.corp_id)
+    url = stack.callback_url(corp.corp_id)
+    session = requests.Session()
+    latencies = []
+    statuses = Counter()
+    for i in range(CALLBACKS):
+        xml = (f"<xml><ToUserName>{corp.corp_id}</ToUserName><FromUserName>sys</FromUserName>"
+               f"<CreateTime>{int(time.time())}</CreateTime><MsgType>event</MsgType>"
+               "<Event>change_external_tag</Event><ChangeType>update</ChangeType>"
+               f"<Id>bench-tag-{i}</Id><TagType>tag</TagType></xml>")
+        body, query = crypto.seal(xml)
+        started = time.perf_counter()
+        answer = session.post(url, params=query, data=body.encode(), timeout=10)
+        latencies.append(time.perf_counter() - started)
+        statuses[answer.status_code] += 1
+    line("callback answer latency p50 (local stack, HTTP)", f"{pct(latencies, 50) * 1000:.1f} ms")
+    line("callback answer latency p99 (local stack, HTTP)", f"{pct(latencies, 99) * 1000:.1f} ms", "goal: well inside 5 s")
+    line("callbacks answered 200", f"{statuses[200]}/{CALLBACKS}")
+
+
+def requests_per_callback(stack, corp) -> None:
+    """The callback alone, in-process: the AWS requests one accepted callback makes."""
+    from infra.scripts.make_events import http_event
+    from scrm.crypto import WeComCrypto
+
+    crypto = WeComCrypto(corp.token, corp.encoding_aes_key, corp.corp_id)
+    counter: Counter = Counter()
+    from scrm import intake
+
+    hooks = []
+    for client in (intake._dynamodb(), intake._sqs()):
+        service = client.meta.service_model.service_name
+
+        def hook(model, _service=service, **_):
+            counter.update([f"{_service}:{model.name}"])
+
+        client.meta.events.register("before-call.*.*", hook)
+        hooks.append((client, hook))
+    n = 50
+    for i in range(n):
+        xml = (f"<xml><ToUserName>{corp.corp_id}</ToUserName><FromUserName>sys</FromUserName>"
+               f"<CreateTime>{int(time.time())}</CreateTime><MsgType>event</MsgType>"
+               "<Event>change_external_chat</Event><ChangeType>update</ChangeType>"
+               f"<ChatId>bench-chat-{i}</ChatId><UpdateDetail>add_member</UpdateDetail></xml>")
+        body, query = crypto.seal(xml)
+        stack.invoke("CallbackFunction", http_event("POST", corp.corp_id, query, body))
+    for client, hook in hooks:
+        client.meta.events.unregister("before-call.*.*", hook)
+    writes = sum(v for k, v in counter.items() if k.split(":")[1] in ("PutItem", "SendMessage", "UpdateItem"))
+    line("DynamoDB + SQS requests per accepted callback", f"{sum(counter.values()) / n:.2f}",
+         "(" + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(counter.items())) + ")")
+    line("writes before the answer per callback", f"{writes / n:.2f}", "goal: ≤ 2")
+
+
+def main() -> int:
+    print("Spine (issue 2)")
+    boto, callback, ratio = import_ratio()
+    line("import boto3 (median of fresh processes)", f"{boto * 1000:.0f} ms")
+    line("import functions/callback/app.py (same)", f"{callback * 1000:.0f} ms")
+    line("callback import time / boto3 import time", f"{ratio:.2f}x", "goal: ≤ 1.3x")
+
+    os.environ.setdefault("SCRM_HTTP_PORT", "0")
+    os.environ.setdefault("SCRM_SIM_PORT", "0")
+    logging_quiet()
+    from infra.local.stack import LocalStack
+
+    with LocalStack() as stack:
+        corp = stack.corps[0]
+        callback_figures(stack, corp)
+        requests_per_callback(stack, corp)
+        stack.drain(timeout=120)
+        acquisition = _acquisition()
+        if acquisition:
+            print("Acquisition (issue 3)")
+            acquisition(stack, corp)
+    return 0
+
+
+def _acquisition():
+    try:
+        from bench import acquisition
+    except ImportError:
+        return None
+    return acquisition.run
+
+
+def logging_quiet() -> None:
+    import logging
+
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Ops API (HTTP API, JWT-authorized): the routes of scrm.ops, one resolver."""
+from aws_lambda_powertools.logging import correlation_paths
+
+from scrm.observability import log
+from scrm.ops.api import app
+from scrm.tracing import tracer
+
+
+@log.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+def handler(event, context):
+    return app.resolve(event, context)

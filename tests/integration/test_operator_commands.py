@@ -1,0 +1,60 @@
+"""The documented operator commands: replay dead letters, register a corp."""
+from __future__ import annotations
+
+import json
+
+import boto3
+
+from infra.scripts import register_corp, replay_dlq, target
+from scrm import corps
+from scrm.recovery import describe_dead_letters
+from tests.support.callbacks import VECTOR_A
+
+
+def _point_at(aws, monkeypatch):
+    urls = aws.queue_urls
+    monkeypatch.setattr(target, "configure", lambda args: {
+        "table_name": aws.table_name, "queue_urls": urls,
+        "redrives": [(urls["EventsDLQ"], urls["EventsQueue"]), (urls["WelcomeDLQ"], urls["WelcomeQueue"])]})
+
+
+def test_replay_moves_every_dead_letter_back_to_its_own_queue(aws, monkeypatch, capsys):
+    sqs = boto3.client("sqs")
+    for i in range(3):
+        sqs.send_message(QueueUrl=aws.queue_urls["EventsDLQ"], MessageBody=json.dumps({"event_id": f"e{i}"}))
+    sqs.send_message(QueueUrl=aws.queue_urls["WelcomeDLQ"], MessageBody=json.dumps({"event_id": "w"}))
+    _point_at(aws, monkeypatch)
+
+    assert replay_dlq.main(["--dry-run"]) == 0
+    assert "EventsDLQ: 3 message(s) seen" in capsys.readouterr().out
+    assert len(describe_dead_letters(aws.queue_urls["EventsDLQ"])) == 3  # a dry run moves nothing
+
+    assert replay_dlq.main([]) == 0
+    out = capsys.readouterr().out
+    assert "EventsDLQ: moved 3" in out and "WelcomeDLQ: moved 1" in out
+    events = sqs.receive_message(QueueUrl=aws.queue_urls["EventsQueue"], MaxNumberOfMessages=10)["Messages"]
+    assert sorted(json.loads(m["Body"])["event_id"] for m in events) == ["e0", "e1", "e2"]
+    welcome = sqs.receive_message(QueueUrl=aws.queue_urls["WelcomeQueue"], MaxNumberOfMessages=10)["Messages"]
+    assert [json.loads(m["Body"])["event_id"] for m in welcome] == ["w"]
+    assert describe_dead_letters(aws.queue_urls["EventsDLQ"]) == []
+
+
+def test_register_corp_stores_the_secret_and_never_prints_it(aws, monkeypatch, tmp_path, capsys):
+    _point_at(aws, monkeypatch)
+    corp_file = tmp_path / "corp.json"
+    corp_file.write_text(json.dumps(VECTOR_A))
+    assert register_corp.main(["--file", str(corp_file)]) == 0
+    out = capsys.readouterr().out
+    assert "registered" in out and VECTOR_A["secret"] not in out and VECTOR_A["token"] not in out
+    corps.forget_cache()
+    assert corps.load(VECTOR_A["corp_id"]).encoding_aes_key == VECTOR_A["encoding_aes_key"]
+    assert register_corp.main(["--file", str(corp_file)]) == 0
+    assert "updated" in capsys.readouterr().out
+
+
+def test_register_corp_refuses_a_bad_encoding_aes_key(aws, monkeypatch, tmp_path, capsys):
+    _point_at(aws, monkeypatch)
+    corp_file = tmp_path / "corp.json"
+    corp_file.write_text(json.dumps({**VECTOR_A, "encoding_aes_key": "short"}))
+    assert register_corp.main(["--file", str(corp_file)]) == 2
+    assert "invalid credentials" in capsys.readouterr().err

@@ -1,0 +1,671 @@
+"""The ops API through its Lambda handler: API Gateway v2 events with the JWT authorizer's
+claims, DynamoDB and Secrets Manager in moto, WeCom simulated.
+
+Two corps with their own org (synced from the simulator): A, the corp of the sample events
+in events/ops_api/, and B, which shares a userid (zhangsan) and ids of campaigns with A.
+Events are built the way the local gateway builds them, routed by template.yaml's routes.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra.local import template as tpl
+from infra.local.gateway import Target, find_route, http_event
+from scrm import contact_ways, corps, coupons, keys, org
+from scrm.corps import CorpCredentials
+from scrm.models import Coupon, Customer, Follow, TimelineEntry
+from scrm.ops import api, auth
+from scrm.ops import campaigns as ops_campaigns
+from scrm.ops import contact_ways as ops_ways
+from scrm.ops import coupons as ops_coupons
+from scrm.ops import customers as ops_customers
+from scrm.ops import org as ops_org
+from scrm.ops.inputs import PAGE, Field
+from scrm.wecom import client as wecom_client
+from scrm.wecom.client import for_corp
+from tests.support.functions import LambdaContext, load_function
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = ROOT / "events" / "ops_api"
+A = "ww1436e0e65a779aee"  # the corp of events/ops_api/*.json
+B = "wwopsbcorp0002"
+ORGS = {  # (dept id, name, parent) and staff -> departments; stores sit at depth 4
+    A: ([(2, "East branch", 1), (3, "Shanghai region", 2), (10, "Xuhui store", 3), (11, "Jing'an store", 3),
+         (12, "West Lake store", 3)],
+        {"zhangsan": [10], "lisi": [10], "wangwu": [11], "zhaoliu": [12], "boss": [1]}),
+    B: ([(2, "North branch", 1), (3, "Beijing region", 2), (20, "Chaoyang store", 3)],
+        {"zhangsan": [20], "b_clerk": [20]}),
+}
+NOW = int(time.time())
+OPS_ROUTES = tpl.load().functions["OpsApiFunction"].routes
+TARGETS = [Target(route, "OpsApiFunction") for route in OPS_ROUTES]
+MISSING = object()
+
+
+# --- harness ---------------------------------------------------------------------------
+def claims(corp_id: str | None) -> dict:
+    """What API Gateway's JWT authorizer passes for a valid token (values as strings)."""
+    values = {"iss": "https://example.invalid", "aud": "scrm-ops", "sub": "ops-test", "iat": NOW, "exp": NOW + 3600}
+    return {**values, "scrm:corp": corp_id} if corp_id is not None else values
+
+
+def event(method: str, path: str, body: Any = MISSING, *, corp: str | None = A, raw: bytes | None = None,
+          token_claims: dict | None = None, authorized: bool = True) -> dict:
+    raw_path, _, raw_query = path.partition("?")
+    found = find_route(TARGETS, method, raw_path)
+    route_key, params = (found[0].route.route_key, found[1]) if found else (f"{method} {raw_path}", {})
+    data = raw if raw is not None else b"" if body is MISSING else json.dumps(body).encode()
+    headers = [("content-type", "application/json"), ("authorization", "Bearer t")]
+    given = (token_claims or claims(corp)) if authorized else None
+    return http_event(method, raw_path, raw_query, headers, data, route_key, params, "$default", "203.0.113.9",
+                      given)
+
+
+@pytest.fixture(scope="module")
+def ops():
+    return load_function("ops_api").handler
+
+
+@pytest.fixture
+def call(ops):
+    def send(method: str, path: str, body: Any = MISSING, **kwargs: Any) -> tuple[int, Any]:
+        result = ops(event(method, path, body, **kwargs), LambdaContext())
+        return result["statusCode"], json.loads(result["body"])
+
+    return send
+
+
+def sample(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(autouse=True)
+def _forget_known_corps():
+    auth.forget_cache()
+    yield
+    auth.forget_cache()
+
+
+@pytest.fixture
+def registered(aws):
+    """Both corps registered (Corp row and secret), no org: enough for checks at the edge."""
+    for corp_id in (A, B):
+        corps.register(CorpCredentials(corp_id=corp_id, token="tok", encoding_aes_key="k" * 43,
+                                       secret=f"secret-{corp_id}", agent_id="1000002"))
+
+
+@pytest.fixture
+def sim(registered, simulated_wecom):
+    """Both corps in the simulator with their org, synced into the table."""
+    wecom_client.forget_caches()
+    for corp_id, (departments, staff) in ORGS.items():
+        simulated_wecom.add_corp(corp_id, f"secret-{corp_id}", "tok", "k" * 43, 1000002)
+        for dept_id, name, parent in departments:
+            simulated_wecom.add_department(corp_id, dept_id, name, parent)
+        for userid, depts in staff.items():
+            simulated_wecom.add_staff(corp_id, userid, department=depts)
+        org.full_sync(for_corp(corp_id), corp_id)
+    yield simulated_wecom
+    wecom_client.forget_caches()
+
+
+def template_body(**terms: Any) -> dict:
+    """A valid template; a term given as None is left out."""
+    body = {"name": "20 off 100", "kind": "amount", "amount": 2000, "threshold": 10000, "valid_days": 7,
+            "total_stock": 100, **terms}
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def issue(corp_id: str, template_id: str, external_userid: str, occasion: str = "test", **kwargs: Any) -> str:
+    result = coupons.issue(corp_id, template_id, external_userid, occasion=occasion, **kwargs)
+    assert result.status == "issued", result.status
+    return result.code
+
+
+# --- happy paths ---------------------------------------------------------------------------
+def test_the_sample_events_run_as_they_are(sim, ops):
+    def run(name: str) -> tuple[int, dict]:
+        result = ops(sample(name), LambdaContext())
+        return result["statusCode"], json.loads(result["body"])
+
+    status, stores = run("list_stores.json")
+    assert status == 200 and [s["store_id"] for s in stores["items"]] == ["10", "11", "12"]
+    assert run("create_campaign.json")[0] == 201
+    status, way = run("create_contact_way.json")
+    assert (status, way["owner_id"], way["campaign_id"], way["channel"]) == (201, "zhangsan", "d11", "poster")
+    assert run("get_customer.json") == (404, {"error": "not_found", "field": "external_userid",
+                                              "message": "no such customer"})
+    status, error = run("redeem_coupon.json")
+    assert (status, error["error"], error["field"]) == (404, "unknown_code", "code")
+    assert run("no_token.json")[0] == 401
+
+
+def test_stores_and_staff_are_listed_a_page_at_a_time(sim, call):
+    status, first = call("GET", "/ops/stores?limit=2")
+    assert status == 200 and [s["store_id"] for s in first["items"]] == ["10", "11"] and first["next_cursor"]
+    status, rest = call("GET", f"/ops/stores?limit=2&cursor={first['next_cursor']}")
+    assert [s["store_id"] for s in rest["items"]] == ["12"] and rest["next_cursor"] is None
+    assert call("GET", "/ops/stores?branch_id=2")[1]["items"][0]["branch_id"] == "2"
+
+    status, staff = call("GET", "/ops/staff?store_id=10")
+    assert status == 200 and sorted(s["userid"] for s in staff["items"]) == ["lisi", "zhangsan"]
+    assert [s["userid"] for s in call("GET", "/ops/staff?store_id=none")[1]["items"]] == ["boss"]
+    everyone = call("GET", "/ops/staff?status=active&limit=100")[1]["items"]
+    assert sorted(s["userid"] for s in everyone) == ["boss", "lisi", "wangwu", "zhangsan", "zhaoliu"]
+
+
+def test_a_contact_way_is_created_read_listed_changed_and_deleted(sim, call):
+    status, way = call("POST", "/ops/contact-ways", {"owner_kind": "staff", "users": ["zhangsan"],
+                                                     "channel": "counter", "remark": "till 1", "tag_ids": ["et_a"]})
+    assert status == 201 and (way["owner_kind"], way["store_id"], way["qr_code"] is not None) == ("staff", "10", True)
+    config_id = way["config_id"]
+    assert call("POST", "/ops/contact-ways", {"owner_kind": "staff", "users": ["zhangsan"], "channel": "counter",
+                                              "remark": "till 1", "tag_ids": ["et_a"]})[1]["config_id"] == config_id
+    status, store_way = call("POST", "/ops/contact-ways", {"owner_kind": "store", "store_id": "10"})
+    assert status == 201 and sorted(store_way["users"]) == ["lisi", "zhangsan"]
+
+    assert call("GET", f"/ops/contact-ways/{config_id}") == (200, way)
+    listed = call("GET", "/ops/contact-ways?owner_kind=staff&owner_id=zhangsan")[1]
+    assert [w["config_id"] for w in listed["items"]] == [config_id] and listed["next_cursor"] is None
+    assert len(call("GET", "/ops/contact-ways")[1]["items"]) == 2
+
+    status, changed = call("PATCH", f"/ops/contact-ways/{config_id}", {"remark": "till 2", "tag_ids": None})
+    assert status == 200 and (changed["remark"], changed["tag_ids"]) == ("till 2", None)
+    in_wecom = {w["config_id"]: w for w in sim.state(A)["corps"][A]["contact_ways"]}
+    assert in_wecom[config_id]["remark"] == "till 2"
+    status, error = call("PATCH", f"/ops/contact-ways/{config_id}", {"users": ["lisi"]})
+    assert (status, error["field"]) == (400, "users")  # a staff code keeps its staff member
+
+    status, deleted = call("DELETE", f"/ops/contact-ways/{config_id}")
+    assert status == 200 and deleted["deleted"] is True
+    assert call("GET", f"/ops/contact-ways/{config_id}")[1]["deleted"] is True
+    assert [w["owner_kind"] for w in call("GET", "/ops/contact-ways")[1]["items"]] == ["store"]
+    assert call("DELETE", f"/ops/contact-ways/{config_id}")[0] == 200  # again: harmless
+    assert call("GET", "/ops/contact-ways/nosuchway")[0] == 404
+
+
+def test_bulk_creation_makes_one_code_per_staff_member_once(sim, call):
+    status, report = call("POST", "/ops/contact-ways/bulk", {"store_id": "10", "channel": "poster"})
+    assert status == 200 and (report["created"], report["existing"], report["failed"]) == (2, 0, [])
+    assert call("POST", "/ops/contact-ways/bulk", {"branch_id": "2", "channel": "poster"})[1]["created"] == 2
+    assert call("POST", "/ops/contact-ways/bulk", {"branch_id": "2", "channel": "poster"})[1]["existing"] == 4
+
+
+def test_campaigns_are_created_read_listed_and_changed(sim, call):
+    status, campaign = call("POST", "/ops/campaigns", {"name": "Spring", "campaign_id": "spr",
+                                                       "welcome": {"text": "hello"}, "starts_at": NOW,
+                                                       "ends_at": NOW + 86400})
+    assert status == 201 and (campaign["campaign_id"], campaign["welcome"]) == ("spr", {"text": "hello"})
+    status, generated = call("POST", "/ops/campaigns", {"name": "Autumn"})
+    assert status == 201 and re.fullmatch(r"[0-9a-z]{4}", generated["campaign_id"])
+    assert call("POST", "/ops/campaigns", {"name": "Again", "campaign_id": "spr"})[0] == 409
+
+    assert call("GET", "/ops/campaigns/spr") == (200, campaign)
+    assert {c["campaign_id"] for c in call("GET", "/ops/campaigns")[1]["items"]} == {"spr", generated["campaign_id"]}
+    status, changed = call("PATCH", "/ops/campaigns/spr", {"welcome": None, "ends_at": NOW + 2 * 86400})
+    assert status == 200 and (changed["welcome"], changed["ends_at"], changed["name"]) == (None, NOW + 2 * 86400,
+                                                                                          "Spring")
+    assert call("PATCH", "/ops/campaigns/spr", {"ends_at": NOW - 1})[1]["field"] == "ends_at"
+    assert call("GET", "/ops/campaigns/nope")[0] == 404
+    assert call("PATCH", "/ops/campaigns/nope", {"name": "x"})[0] == 404
+
+
+def test_coupon_templates_come_with_their_stock(sim, call):
+    status, created = call("POST", "/ops/coupon-templates", template_body(template_id="t20"))
+    assert status == 201 and created["stock"] == {"remaining": 100, "issued": 0, "total": 100}
+    assert call("POST", "/ops/coupon-templates", template_body(template_id="t20"))[1] == {
+        "error": "template_exists", "field": "template_id", "message": "template_id t20 already exists"}
+    issue(A, "t20", "wmA1")
+    status, template = call("GET", "/ops/coupon-templates/t20")
+    assert status == 200 and template["stock"] == {"remaining": 99, "issued": 1, "total": 100}
+    assert template["amount"] == 2000 and template["valid_days"] == 7
+    call("POST", "/ops/coupon-templates", template_body(template_id="t30", name="30 off"))
+    assert [t["template_id"] for t in call("GET", "/ops/coupon-templates")[1]["items"]] == ["t30", "t20"]
+    assert call("GET", "/ops/coupon-templates?limit=1")[1]["next_cursor"]
+    assert call("GET", "/ops/coupon-templates/nope")[1]["error"] == "template_not_found"
+
+
+def seed_customer(corp_id: str, external_userid: str, name: str) -> None:
+    Customer(*keys.customer(corp_id, external_userid), external_userid=external_userid, name=name,
+             first_seen_at=NOW).save()
+    Follow(*keys.follow(corp_id, external_userid, "zhangsan"), external_userid=external_userid, userid="zhangsan",
+           status="active", added_at=NOW, GSI1PK=keys.follows_of_staff(corp_id, "zhangsan"),
+           GSI1SK=f"{keys.FOLLOW_PREFIX}{external_userid}").save()
+    TimelineEntry(*keys.timeline(corp_id, external_userid, NOW, "e1"), external_userid=external_userid, at=NOW,
+                  what="add_external_contact", userid="zhangsan").save()
+
+
+def test_a_customer_is_seen_whole_and_its_coupons_a_page_at_a_time(sim, call):
+    seed_customer(A, "wmA1", "Li Lei")
+    call("POST", "/ops/coupon-templates", template_body(template_id="t1"))
+    call("POST", "/ops/coupon-templates", template_body(template_id="t2"))
+    codes = {issue(A, "t1", "wmA1", now=NOW - 10), issue(A, "t2", "wmA1", now=NOW)}
+
+    status, view = call("GET", "/ops/customers/wmA1")
+    assert status == 200 and view["profile"]["name"] == "Li Lei"
+    assert [(f["userid"], f["status"]) for f in view["follows"]] == [("zhangsan", "active")]
+    assert [e["what"] for e in view["timeline"]] == ["add_external_contact"]
+    assert {c["code"] for c in view["coupons"]} == codes
+
+    status, first = call("GET", "/ops/customers/wmA1/coupons?limit=1")
+    assert status == 200 and first["items"][0]["template_id"] == "t2" and first["next_cursor"]
+    rest = call("GET", f"/ops/customers/wmA1/coupons?limit=1&cursor={first['next_cursor']}")[1]
+    assert [c["template_id"] for c in rest["items"]] == ["t1"]
+    assert call("GET", "/ops/customers/wmNobody/coupons") == (200, {"items": [], "next_cursor": None})
+
+
+def test_a_coupon_is_redeemed_once_per_request_at_a_till_of_the_corp(sim, call):
+    call("POST", "/ops/coupon-templates", template_body(template_id="t1"))
+    code = issue(A, "t1", "wmA1", staff_userid="zhangsan", store_id="10")
+    typed = "-".join(code[i:i + 4] for i in range(0, 16, 4)).lower()
+    till = {"store_id": "11", "staff_userid": "wangwu", "request_id": "pos-11-0001"}
+
+    status, redeemed = call("POST", "/ops/coupons/redeem", {"code": typed, **till})
+    assert status == 200 and (redeemed["status"], redeemed["redeemed_store_id"], redeemed["redeemed_by"]) == (
+        "redeemed", "11", "wangwu")
+    assert call("POST", "/ops/coupons/redeem", {"code": code, **till}) == (200, redeemed)
+    status, error = call("POST", "/ops/coupons/redeem", {"code": code, **till, "request_id": "pos-11-0002"})
+    assert (status, error["error"]) == (409, "already_redeemed")
+    assert call("GET", f"/ops/coupons/{typed}") == (200, redeemed)
+    assert call("GET", "/ops/coupons/0000000000000000")[1]["error"] == "unknown_code"
+
+    for store_id, staff_userid, field in (("3", "wangwu", "store_id"), ("99", "wangwu", "store_id"),
+                                          ("11", "nobody", "staff_userid"), ("11", "boss", "staff_userid")):
+        answer = call("POST", "/ops/coupons/redeem", {"code": code, "store_id": store_id,
+                                                      "staff_userid": staff_userid, "request_id": "r9"})
+        assert answer[0] == 400 and answer[1]["field"] == field
+
+
+def test_expired_and_not_yet_valid_coupons_are_refused(sim, call):
+    call("POST", "/ops/coupon-templates", template_body(template_id="old", valid_days=1))
+    expired = issue(A, "old", "wmA1", now=NOW - 30 * 86400)
+    call("POST", "/ops/coupon-templates", template_body(template_id="later", valid_days=None,
+                                                        valid_from=NOW + 86400, valid_until=NOW + 2 * 86400))
+    early = issue(A, "later", "wmA1")
+    till = {"store_id": "10", "staff_userid": "zhangsan", "request_id": "r1"}
+    assert call("POST", "/ops/coupons/redeem", {"code": expired, **till})[:1] == (410,)
+    assert call("POST", "/ops/coupons/redeem", {"code": expired, **till})[1]["error"] == "expired"
+    assert call("POST", "/ops/coupons/redeem", {"code": early, **till})[1]["error"] == "not_yet_valid"
+
+
+# --- corp isolation -----------------------------------------------------------------------
+@pytest.fixture
+def b_objects(sim, call) -> dict:
+    """Corp B's campaign, contact way, coupon template, customer and coupon, made with B's token."""
+    assert call("POST", "/ops/campaigns", {"name": "B spring", "campaign_id": "spr"}, corp=B)[0] == 201
+    way = call("POST", "/ops/contact-ways", {"owner_kind": "staff", "users": ["zhangsan"]}, corp=B)[1]
+    assert call("POST", "/ops/coupon-templates", template_body(template_id="tb"), corp=B)[0] == 201
+    seed_customer(B, "wmB1", "Han Meimei")
+    code = issue(B, "tb", "wmB1", staff_userid="zhangsan", store_id="20")
+    return {"config_id": way["config_id"], "code": code}
+
+
+def test_a_token_of_corp_a_reads_nothing_of_corp_b(b_objects, call):
+    config_id, code = b_objects["config_id"], b_objects["code"]
+    for path in (f"/ops/contact-ways/{config_id}", "/ops/campaigns/spr", "/ops/coupon-templates/tb",
+                 f"/ops/coupons/{code}", "/ops/customers/wmB1"):
+        status, answer = call("GET", path)
+        assert status == 404, path
+        assert "B spring" not in json.dumps(answer) and "Han Meimei" not in json.dumps(answer)
+    assert call("GET", "/ops/customers/wmB1/coupons")[1]["items"] == []
+    for path in ("/ops/contact-ways", "/ops/campaigns", "/ops/coupon-templates"):
+        assert call("GET", path)[1]["items"] == [], path
+    assert "20" not in {s["store_id"] for s in call("GET", "/ops/stores")[1]["items"]}
+    assert "b_clerk" not in {s["userid"] for s in call("GET", "/ops/staff")[1]["items"]}
+    # B sees its own
+    assert call("GET", "/ops/campaigns/spr", corp=B)[1]["name"] == "B spring"
+
+
+def test_a_token_of_corp_a_changes_nothing_of_corp_b(b_objects, call, sim):
+    config_id, code = b_objects["config_id"], b_objects["code"]
+    assert call("PATCH", "/ops/campaigns/spr", {"name": "taken over"})[0] == 404
+    assert call("PATCH", f"/ops/contact-ways/{config_id}", {"remark": "taken over"})[0] == 404
+    assert call("DELETE", f"/ops/contact-ways/{config_id}")[0] == 404
+    status, error = call("POST", "/ops/coupons/redeem", {"code": code, "store_id": "10", "staff_userid": "zhangsan",
+                                                         "request_id": "steal-1"})
+    assert (status, error["error"]) == (404, "unknown_code")
+
+    assert call("GET", "/ops/campaigns/spr", corp=B)[1]["name"] == "B spring"
+    assert call("GET", f"/ops/contact-ways/{config_id}", corp=B)[1]["deleted"] is False
+    assert [w["config_id"] for w in sim.state(B)["corps"][B]["contact_ways"]] == [config_id]
+    assert Coupon.get(*keys.coupon(B, code)).status == "issued"
+
+
+def test_a_corp_cannot_be_named_anywhere_but_in_the_token(b_objects, call):
+    status, error = call("POST", "/ops/campaigns", {"name": "x", "corp_id": B})
+    assert (status, error["field"]) == (400, "corp_id")
+    b_cursor = call("GET", "/ops/campaigns?limit=1", corp=B)[1]["next_cursor"] or \
+        call("GET", "/ops/contact-ways?limit=1", corp=B)[1]["next_cursor"]
+    b_page = call("GET", "/ops/staff?limit=1", corp=B)[1]["next_cursor"]
+    for cursor in filter(None, (b_cursor, b_page)):
+        status, error = call("GET", f"/ops/staff?limit=1&cursor={cursor}")
+        assert (status, error["field"]) == (400, "cursor")
+
+
+# --- authentication ------------------------------------------------------------------------
+def test_no_claims_is_401_and_a_token_without_a_registered_corp_is_403(registered, call):
+    assert call("GET", "/ops/stores", authorized=False) == (401, {"error": "unauthorized", "field": None,
+                                                                  "message": "a bearer token is required"})
+    assert call("GET", "/ops/nope", authorized=False)[0] == 401  # even for a route that does not exist
+    assert call("GET", "/ops/stores", token_claims=claims(None))[1]["error"] == "forbidden"
+    for corp_id in ("wwneverregistered", "ww#A", "x" * 65, ""):
+        status, error = call("GET", "/ops/stores", corp=corp_id)
+        assert status == 403 and error["error"] in ("unknown_corp", "forbidden"), corp_id
+    assert call("GET", "/ops/nope") == (404, {"error": "no_route", "field": None, "message": "no such route"})
+
+
+# --- the error mapper ------------------------------------------------------------------------
+@pytest.mark.parametrize("errcode, status, error", [
+    (45009, 429, "wecom_rate_limited"),
+    (-1, 503, "wecom_unavailable"),
+    (48002, 502, "wecom_configuration"),
+    (40001, 502, "wecom_configuration"),
+    (41041, 422, "wecom_refused"),
+])
+def test_wecom_errors_are_mapped_without_wecoms_message(sim, ops, monkeypatch, errcode, status, error):
+    monkeypatch.setattr(wecom_client, "BACKOFF_BASE", 0.001)  # the client's retries, quickly
+    sim.block_api("externalcontact/add_contact_way", errcode)
+    result = ops(event("POST", "/ops/contact-ways", {"owner_kind": "staff", "users": ["lisi"]}), LambdaContext())
+    body = json.loads(result["body"])
+    assert (result["statusCode"], body["error"], body["field"]) == (status, error, None)
+    assert "freq" not in body["message"] and "invalid" not in body["message"]  # WeCom's errmsg stays in the log
+    if status in (429, 503):
+        assert int(result["headers"]["Retry-After"]) >= 1
+    sim.block_api("externalcontact/add_contact_way", None)
+    if errcode == 45009:  # blocked for every caller until the block ends, without calling WeCom
+        assert ops(event("POST", "/ops/contact-ways", {"owner_kind": "staff", "users": ["lisi"]}),
+                   LambdaContext())["statusCode"] == 429
+
+
+def test_an_unexpected_error_is_500_without_internals(registered, call, monkeypatch):
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("table arn:aws:dynamodb:secret-internals")
+
+    monkeypatch.setattr(contact_ways, "list_campaigns", broken)
+    assert call("GET", "/ops/campaigns") == (500, {"error": "internal_error", "field": None,
+                                                   "message": "internal error"})
+
+
+# --- the 400 matrix --------------------------------------------------------------------------
+TOO_MANY_USERS = [f"u{i}" for i in range(101)]
+BODY_ROUTES = {  # name -> (method, path, a valid body)
+    "create_way": ("POST", "/ops/contact-ways", {"owner_kind": "staff", "users": ["zhangsan"]}),
+    "update_way": ("PATCH", "/ops/contact-ways/someway", {"remark": "r"}),
+    "bulk": ("POST", "/ops/contact-ways/bulk", {"store_id": "10"}),
+    "create_campaign": ("POST", "/ops/campaigns", {"name": "Spring"}),
+    "update_campaign": ("PATCH", "/ops/campaigns/somecampaign", {"name": "Spring"}),
+    "create_template": ("POST", "/ops/coupon-templates", template_body()),
+    "redeem": ("POST", "/ops/coupons/redeem", {"code": "0000-0000-0000-0000", "store_id": "10",
+                                               "staff_userid": "zhangsan", "request_id": "r1"}),
+}
+# route -> field -> bad values (MISSING: left out of the valid body). Each is missing, of the
+# wrong type, too long or malformed; the answer must be a 400 that names the field.
+BAD_FIELDS: dict[str, dict[str, list]] = {
+    "create_way": {
+        "owner_kind": [MISSING, None, 7, "desk", "s" * 17],
+        "users": [True, "zhangsan", {"a": 1}, [7], ["x" * 65], TOO_MANY_USERS, ["has space"], ["nobody"],
+                  ["zhangsan", "lisi"]],
+        "store_id": [10, "abc", "1" * 11, "0", "3"],
+        "campaign_id": [5, "bad id!", "c" * 33, "nosuch"],
+        "channel": [[], "bad channel", "c" * 17],
+        "remark": [1, "", "r" * 31],
+        "tag_ids": ["et1", [1], ["t" * 65], [f"t{i}" for i in range(101)]],
+        "welcome": ["hi", [1], {"text": "x" * 4001}, {"text": 5}, {"nope": 1}],
+    },
+    "update_way": {
+        "remark": [1, "r" * 31, ""],
+        "users": [None, "zhangsan", [1], ["x" * 65], TOO_MANY_USERS],
+        "tag_ids": ["et1", [1], ["t" * 65]],
+        "welcome": ["hi", 5, []],
+        "owner_kind": ["store"],  # not changeable: unknown here
+    },
+    "bulk": {
+        "store_id": [MISSING, 10, "abc", "1" * 11, "99"],
+        "branch_id": [2, "b", "2" * 11],
+        "campaign_id": [1, "bad!", "c" * 33, "nosuch"],
+        "channel": [1, "bad channel", "c" * 17],
+    },
+    "create_campaign": {
+        "name": [MISSING, None, 5, "", "n" * 65],
+        "welcome": ["hi", {"text": ""}, {"text": "x" * 4001}],
+        "coupon_template_id": [5, "bad id!", "t" * 65, "nosuch"],
+        "starts_at": ["1795600000", True, -1, 1.5, 4102444801],
+        "ends_at": ["x", False, 1.5, 4102444801],
+        "campaign_id": [5, "bad id!", "c" * 33],
+    },
+    "update_campaign": {
+        "name": [None, 5, "", "n" * 65],
+        "welcome": ["hi", 1],
+        "coupon_template_id": [5, "bad!", "t" * 65],
+        "starts_at": ["x", True, -1],
+        "ends_at": [1.5, "1"],
+        "campaign_id": ["other"],  # not changeable: unknown here
+    },
+    "create_template": {
+        "name": [MISSING, None, 5, "", "n" * 65],
+        "kind": [MISSING, 1, "gift", "k" * 17],
+        "amount": ["2000", True, 0, 10**9 + 1, 1.5],
+        "discount": ["85", 0, 100, True],
+        "threshold": [-1, "0", True, 10**10 + 1],
+        "valid_days": [-1, "7", 3651, False],
+        "valid_from": ["x", -1, 4102444801],
+        "valid_until": ["x", True, 4102444801],
+        "per_customer_limit": [0, "1", True, 1001],
+        "total_stock": [MISSING, None, -1, "100", True, 10**8 + 1],
+        "template_id": [5, "bad id!", "t" * 65],
+    },
+    "redeem": {
+        "code": [MISSING, 5, "", "c" * 65, "bad!code"],
+        "store_id": [MISSING, 10, "abc", "1" * 11, "99"],
+        "staff_userid": [MISSING, 5, "x" * 65, "bad user", "nobody"],
+        "request_id": [MISSING, None, 5, "r" * 65, "bad id!"],
+    },
+}
+FIELD_CASES = [pytest.param(route, name, value, id=f"{route}-{name}-{i}")
+               for route, fields in BAD_FIELDS.items() for name, values in fields.items()
+               for i, value in enumerate(values)]
+# Rules across fields, which the domain checks and names the field of.
+RULE_CASES = [
+    ("create_way", {"owner_kind": "store"}, "store_id"),  # a store code needs its store
+    ("create_way", {"owner_kind": "campaign"}, "campaign_id"),
+    ("bulk", {"store_id": "10", "branch_id": "2"}, "store_id"),
+    ("create_campaign", {"starts_at": NOW, "ends_at": NOW - 1}, "ends_at"),
+    ("create_template", {"kind": "discount"}, "discount"),
+    ("create_template", {"discount": 85}, "discount"),
+    ("create_template", {"valid_days": None, "valid_from": NOW}, "valid_until"),
+    ("create_template", {"valid_days": None, "valid_until": NOW + 10, "valid_from": NOW + 20}, "valid_from"),
+]
+
+
+def assert_names(answer: tuple[int, dict], field: str) -> None:
+    status, body = answer
+    assert status == 400, body
+    assert body["error"] == "invalid" or body["error"].startswith("invalid_"), body
+    assert body["field"] == field or body["field"].startswith(f"{field}."), body
+    assert body["message"]
+
+
+@pytest.mark.parametrize("route, name, value", FIELD_CASES)
+def test_every_bad_body_field_is_a_400_naming_it(sim, call, route, name, value):
+    method, path, valid = BODY_ROUTES[route]
+    body = {k: v for k, v in valid.items() if k != name}
+    if value is not MISSING:
+        body[name] = value
+    assert_names(call(method, path, body), name)
+
+
+@pytest.mark.parametrize("route, changes, field", RULE_CASES)
+def test_rules_across_fields_name_the_field_at_fault(sim, call, route, changes, field):
+    method, path, valid = BODY_ROUTES[route]
+    body = {k: v for k, v in {**valid, **changes}.items() if v is not None}
+    assert_names(call(method, path, body), field)
+
+
+BODY_FAULTS = {
+    "missing": dict(raw=b""),
+    "not_json": dict(raw=b"{name: 'x'}"),
+    "an_array": dict(raw=b'[{"name": "x"}]'),
+    "a_string": dict(raw=b'"x"'),
+    "nan": dict(raw=b'{"name": NaN}'),
+    "too_large": dict(raw=json.dumps({"name": "x" * 70_000}).encode()),
+    "not_utf8": dict(raw=b'{"name": "\xff"}'),
+    "nothing_to_change": dict(body={}),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(BODY_FAULTS))
+@pytest.mark.parametrize("route", sorted(BODY_ROUTES))
+def test_a_body_that_is_not_one_json_object_is_a_400_naming_the_body(registered, call, route, fault):
+    method, path, _ = BODY_ROUTES[route]
+    if fault == "nothing_to_change" and method != "PATCH":
+        pytest.skip("an empty object is a body with missing fields on POST")
+    assert_names(call(method, path, **BODY_FAULTS[fault]), "body")
+
+
+def test_a_base64_body_is_decoded_first(registered, ops):
+    request = event("POST", "/ops/campaigns", raw=b"")
+    request.update(body=base64.b64encode(b'{"name": 1}').decode(), isBase64Encoded=True)
+    assert json.loads(ops(request, LambdaContext())["body"])["field"] == "name"
+    request.update(body="***not base64***")
+    assert json.loads(ops(request, LambdaContext())["body"])["field"] == "body"
+
+
+LIST_ROUTES = ["/ops/stores", "/ops/staff", "/ops/contact-ways", "/ops/campaigns", "/ops/coupon-templates",
+               "/ops/customers/wmA1/coupons"]
+BAD_QUERIES = [("limit=0", "limit"), ("limit=101", "limit"), ("limit=abc", "limit"), ("limit=1.5", "limit"),
+               ("limit=true", "limit"), ("limit=-1", "limit"), ("limit=", "limit"), ("limit=1&limit=2", "limit"),
+               ("cursor=!!!", "cursor"), ("cursor=" + "x" * 2049, "cursor"), ("cursor=eyJhIjoxfQ", "cursor"),
+               ("cursor=bm90IGpzb24", "cursor"), ("foo=1", "foo")]
+
+
+@pytest.mark.parametrize("query, field", BAD_QUERIES)
+@pytest.mark.parametrize("path", LIST_ROUTES)
+def test_a_bad_limit_cursor_or_query_parameter_is_a_400_naming_it(registered, call, path, query, field):
+    assert_names(call("GET", f"{path}?{query}"), field)
+
+
+@pytest.mark.parametrize("path, field", [
+    ("/ops/staff?store_id=abc", "store_id"), ("/ops/staff?status=gone", "status"),
+    ("/ops/stores?branch_id=x", "branch_id"), ("/ops/contact-ways?owner_kind=desk", "owner_kind"),
+    ("/ops/contact-ways?owner_id=zhangsan", "owner_id"), ("/ops/contact-ways?owner_id=bad%20id", "owner_id"),
+    (f"/ops/contact-ways/{'c' * 65}", "config_id"), ("/ops/campaigns/bad%21id", "campaign_id"),
+    (f"/ops/coupon-templates/{'t' * 65}", "template_id"), ("/ops/customers/bad%21id", "external_userid"),
+    (f"/ops/coupons/{'c' * 65}", "code"), ("/ops/customers/wmA1?timeline=1", "timeline"),
+])
+def test_bad_query_and_path_parameters_are_400s_naming_them(registered, call, path, field):
+    assert_names(call("GET", path), field)
+
+
+# --- the API, its OpenAPI description and the template agree --------------------------------
+OPENAPI = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text(encoding="utf-8"))
+BODY_SPECS: dict[tuple[str, str], dict[str, Field]] = {
+    ("POST", "/ops/contact-ways"): ops_ways.CREATE,
+    ("PATCH", "/ops/contact-ways/{config_id}"): ops_ways.UPDATE,
+    ("POST", "/ops/contact-ways/bulk"): ops_ways.BULK,
+    ("POST", "/ops/campaigns"): ops_campaigns.CREATE,
+    ("PATCH", "/ops/campaigns/{campaign_id}"): ops_campaigns.UPDATE,
+    ("POST", "/ops/coupon-templates"): ops_coupons.TEMPLATE,
+    ("POST", "/ops/coupons/redeem"): ops_coupons.REDEEM,
+}
+QUERY_SPECS: dict[tuple[str, str], dict[str, Field]] = {
+    ("GET", "/ops/stores"): ops_org.STORES_QUERY,
+    ("GET", "/ops/staff"): ops_org.STAFF_QUERY,
+    ("GET", "/ops/contact-ways"): ops_ways.LIST_QUERY,
+    ("GET", "/ops/campaigns"): PAGE,
+    ("GET", "/ops/coupon-templates"): PAGE,
+    ("GET", "/ops/customers/{external_userid}/coupons"): PAGE,
+}
+
+
+def resolve(node: dict) -> dict:
+    """A schema or parameter with $ref (and a single-entry allOf) followed."""
+    while True:
+        if "$ref" in node:
+            target: Any = OPENAPI
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        elif len(node.get("allOf", [])) == 1:
+            node = {**resolve(node["allOf"][0]), **{k: v for k, v in node.items() if k != "allOf"}}
+        else:
+            return node
+
+
+def documented_operations() -> dict[tuple[str, str], dict]:
+    return {(method.upper(), path): {**op, "shared": item.get("parameters", [])}
+            for path, item in OPENAPI["paths"].items() for method, op in item.items() if method != "parameters"}
+
+
+def test_every_route_of_the_resolver_is_documented_and_nothing_else():
+    assert set(documented_operations()) == api.routes()
+
+
+def test_every_route_of_the_resolver_is_in_the_template_behind_the_jwt_authorizer():
+    raw = tpl.load_yaml()["Resources"]["OpsApiFunction"]["Properties"]["Events"]
+    assert {(r.method, r.path) for r in OPS_ROUTES} == api.routes()
+    assert all(event["Properties"]["Auth"] == {"Authorizer": "OpsJwt"} for event in raw.values())
+    assert all(event["Properties"]["ApiId"] == {"Ref": "ScrmHttpApi"} for event in raw.values())
+
+
+def test_the_openapi_document_is_valid():
+    validator = pytest.importorskip("openapi_spec_validator")
+    validator.validate(OPENAPI)
+    assert OPENAPI["security"] == [{"bearerJwt": []}]
+
+
+def schema_matches(name: str, field: Field, schema: dict) -> list[str]:
+    schema = resolve(schema)
+    kind = {"string": "string", "integer": "integer", "array": "array", "object": "object"}[field.kind]
+    problems = [] if schema.get("type") == kind else [f"{name}: type {schema.get('type')} != {kind}"]
+    if bool(schema.get("nullable")) != field.nullable:
+        problems.append(f"{name}: nullable {schema.get('nullable')} != {field.nullable}")
+    bounds = {"string": ("maxLength", field.max_length), "array": ("maxItems", field.max_length),
+              "integer": ("maximum", field.maximum)}.get(field.kind)
+    if bounds and schema.get(bounds[0]) != bounds[1]:
+        problems.append(f"{name}: {bounds[0]} {schema.get(bounds[0])} != {bounds[1]}")
+    if field.kind == "integer" and schema.get("minimum") != field.minimum:
+        problems.append(f"{name}: minimum {schema.get('minimum')} != {field.minimum}")
+    if field.choices and tuple(schema.get("enum", ())) != field.choices:
+        problems.append(f"{name}: enum {schema.get('enum')} != {field.choices}")
+    value = schema if field.kind == "string" else resolve(schema.get("items", {}))
+    if field.pattern is not None:
+        documented = value.get("pattern", "").removeprefix("^").removesuffix("$")
+        if documented not in (field.pattern.pattern, f"({field.pattern.pattern})"):
+            problems.append(f"{name}: pattern {documented} != {field.pattern.pattern}")
+    if field.item_max is not None and value.get("maxLength") != field.item_max:
+        problems.append(f"{name}: items maxLength {value.get('maxLength')} != {field.item_max}")
+    return problems
+
+
+def test_request_bodies_are_documented_as_they_are_checked():
+    problems = []
+    operations = documented_operations()
+    with_body = {key for key, op in operations.items() if "requestBody" in op}
+    assert with_body == set(BODY_SPECS)
+    for key, spec in BODY_SPECS.items():
+        schema = resolve(operations[key]["requestBody"]["content"]["application/json"]["schema"])
+        assert schema.get("additionalProperties") is False, key
+        assert set(schema["properties"]) == set(spec), key
+        assert set(schema.get("required", [])) == {n for n, f in spec.items() if f.required}, key
+        for name, field in spec.items():
+            problems += [f"{key}: {p}" for p in schema_matches(name, field, schema["properties"][name])]
+    assert not problems, "\n".join(problems)
+
+
+def test_query_parameters_are_documented_as_they_are_checked():
+    problems = []
+    for key, op in documented_operations().items():
+        params = {p["name"]: p for p in map(resolve, op.get("parameters", []) + op["shared"]) if p["in"] == "query"}
+        spec = QUERY_SPECS.get(key, {})
+        assert set(params) == set(spec), key
+        for name, field in spec.items():
+            problems += [f"{key}: {p}" for p in schema_matches(name, field, params[name]["schema"])]
+    assert not problems, "\n".join(problems)
