@@ -20,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -64,22 +63,6 @@ def import_ratio() -> tuple[float, float, float]:
 
 
 # --- the local stack ----------------------------------------------------------------------
-def count_aws_calls(counter: Counter):
-    """Count every AWS request this process makes (botocore's before-call event)."""
-    import botocore.session
-
-    original = botocore.session.Session.create_client
-
-    def create_client(self, *args, **kwargs):
-        client = original(self, *args, **kwargs)
-        service = client.meta.service_model.service_name
-        client.meta.events.register("before-call.*.*", lambda model, **_: counter.update([f"{service}:{model.name}"]))
-        return client
-
-    botocore.session.Session.create_client = create_client
-    return lambda: setattr(botocore.session.Session, "create_client", original)
-
-
 def callback_figures(stack, corp) -> None:
     from scrm.crypto import WeComCrypto
 

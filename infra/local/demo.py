@@ -210,8 +210,10 @@ def _summary(report) -> str:
 def main() -> int:
     os.environ.setdefault("SCRM_HTTP_PORT", "0")  # never clash with a running `make up`
     os.environ.setdefault("SCRM_SIM_PORT", "0")
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-    logging.basicConfig(level=logging.WARNING)
+    # The functions' JSON logs and metrics would drown the story; `make up` shows them.
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "CRITICAL")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    logging.basicConfig(level=logging.CRITICAL)
     from infra.local.stack import LocalStack
 
     say("Starting the local stack (moto, gateway, pollers, WeCom simulator) from template.yaml ...")

@@ -4,6 +4,10 @@ Receive a batch, invoke the function with the SQS event Lambda would send, then 
 every message on success; with ReportBatchItemFailures all but those reported failed;
 none if the function raised (they come back after the visibility timeout).
 
+Like Lambda, which starts five concurrent pollers per standard queue and invokes for each
+batch as it arrives, every queue here is read by several threads (SCRM_LOCAL_POLLERS,
+default 5): one slow batch never holds up the messages behind it.
+
 Dead-lettering is left to moto: on ReceiveMessage it moves a visible message whose
 receive count has reached the RedrivePolicy's maxReceiveCount to the dead-letter queue
 instead of returning it (moto/sqs/models.py, receive_message), which is what SQS does.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +27,7 @@ from botocore.config import Config
 from infra.local.template import LocalQueue, SqsSource
 
 log = logging.getLogger("infra.local.pollers")
+CONCURRENCY = int(os.environ.get("SCRM_LOCAL_POLLERS", "5"))
 
 
 def _message_attribute(value: dict) -> dict:
@@ -78,13 +84,16 @@ class QueuePoller:
         self.stopping = stopping
         self.sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region,
                                 config=Config(retries={"max_attempts": 2}, connect_timeout=2, read_timeout=10))
-        self.thread = threading.Thread(target=self._run, name=f"poller-{queue.name}", daemon=True)
+        self.threads = [threading.Thread(target=self._run, name=f"poller-{queue.name}-{n}", daemon=True)
+                        for n in range(max(1, CONCURRENCY))]
 
     def start(self) -> None:
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
 
     def join(self, timeout: float) -> None:
-        self.thread.join(timeout)
+        for thread in self.threads:
+            thread.join(timeout)
 
     def _run(self) -> None:
         while not self.stopping.is_set():

@@ -59,7 +59,7 @@ from typing import Any
 import boto3
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
-from moto.server import ThreadedMotoServer
+from infra.local.moto_server import LocalMotoServer
 
 from infra.local import template as tpl
 from infra.local.gateway import Gateway, JwtAuthorizer, Target
@@ -190,7 +190,7 @@ class LocalStack:
         self.environments: dict[str, dict[str, str]] = {}
         self._per_call_env: dict[str, dict[str, str]] = {}
         self._handlers: dict[str, Any] = {}
-        self._moto: ThreadedMotoServer | None = None
+        self._moto: LocalMotoServer | None = None
         self._gateway: Gateway | None = None
         self._pollers: list[QueuePoller] = []
         self._stopping = threading.Event()
@@ -269,7 +269,7 @@ class LocalStack:
 
     # --- resources ----------------------------------------------------------------------
     def _start_moto(self) -> None:
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.moto_port, verbose=False)
+        self._moto = LocalMotoServer(ip_address="127.0.0.1", port=self.moto_port, verbose=False)
         self._moto.start()
         host, port = self._moto.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"

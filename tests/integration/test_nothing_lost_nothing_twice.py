@@ -79,7 +79,9 @@ def test_crash_after_persist_before_enqueue_then_wecom_resends(corp, aws):
     [row] = list(Event.scan())
     assert row.status == "received"  # ... but the event is safe in the table
 
-    assert intake.handle_http(post(xml), metrics())["statusCode"] == 200  # WeCom's re-send
+    resend = post(xml)  # WeCom re-sends after its 5-second timeout
+    answer = intake.accept(CORP, resend["queryStringParameters"], resend["body"].encode(), now=row.received_at + 5)
+    assert (answer.status, answer.duplicate) == (200, True)
     assert work(aws) == ["applied"]
     assert new_customers() == 1
     assert Event.get(row.PK, row.SK).status == "processed"
@@ -117,6 +119,13 @@ def test_crash_after_the_effect_before_marking_processed_counts_once(corp, aws):
     assert router.process_message(body, metrics()).startswith("applied")  # SQS redelivers
     assert new_customers() == 1
     assert Event.get(*keys.event(CORP, body["event_id"])).status == "processed"
+
+
+def test_a_copy_arriving_while_the_first_is_in_flight_is_not_queued_again(corp, aws):
+    xml = contact_xml("add_external_contact", create_time=T0)
+    intake.handle_http(post(xml), metrics())
+    intake.handle_http(post(xml), metrics())
+    assert len(receive(aws)) == 1
 
 
 def test_an_event_delivered_four_times_counts_once(corp, aws):

@@ -29,6 +29,9 @@ from scrm.observability import NAMESPACE, log
 from scrm.wxml import MAX_BODY, XmlError, parse_xml
 
 EVENT_TTL_SECONDS = 90 * 24 * 3600
+# A duplicate younger than this is a copy of a delivery still in flight (WeCom re-sends
+# only after 5 s without an answer), so it is not enqueued again.
+REENQUEUE_AFTER_SECONDS = 3
 
 
 @dataclass
@@ -186,9 +189,10 @@ def persist(event: CallbackEvent, now: float) -> bool:
         if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
             raise
         old = err.response.get("Item") or {}
-        if old.get("status", {}).get("S") == "received":
+        received_at = int(old.get("received_at", {}).get("N", "0"))
+        if old.get("status", {}).get("S") == "received" and received_at <= now - REENQUEUE_AFTER_SECONDS:
             # An earlier delivery may have died before enqueueing: enqueue again (the
-            # worker's effects are idempotent, so a second message costs nothing).
+            # worker's effects are idempotent, so a second message costs at most a little work).
             enqueue(event)
         return False
     enqueue(event)
