@@ -18,6 +18,8 @@ import yaml
 from moto import mock_aws
 from moto.core.botocore_stubber import BotocoreStubber
 
+from infra.local.moto_server import install_fast_transactions
+
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
 
@@ -64,6 +66,7 @@ def ddb(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             return process(self, request)
 
     monkeypatch.setattr(BotocoreStubber, "process_request", atomic)
+    install_fast_transactions()  # safe: requests are serialized just above
     with mock_aws():
         yield create_scrm_table()
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from pynamodb.exceptions import UpdateError
 
 from scrm import keys
@@ -73,3 +74,10 @@ def finish(event: CallbackEvent, status: str, outcome: str, now: float | None = 
         if getattr(err, "cause_response_code", None) != "ConditionalCheckFailedException":
             raise
         # The row expired (TTL) before a replay reached us: the effects ran, nothing to mark.
+
+
+def handle_batch(event: dict, context, metrics: Metrics) -> dict:
+    """An SQS batch as Lambda delivers it: each record routed, failures reported per record."""
+    return process_partial_response(
+        event=event, context=context, processor=BatchProcessor(event_type=EventType.SQS),
+        record_handler=lambda record: process_message(record.json_body, metrics))
