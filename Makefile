@@ -26,12 +26,12 @@ $(STAMP): requirements-dev.txt layers/shared/requirements.txt
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/pytest tests/unit tests/integration tests/template
+	$(BIN)/pytest -n 2 tests/unit tests/integration tests/template
 	$(BIN)/pytest tests/e2e
 	$(MAKE) --no-print-directory validate build
 
 test-fast: $(STAMP)
-	$(BIN)/pytest tests/unit tests/integration tests/template
+	$(BIN)/pytest -n 2 tests/unit tests/integration tests/template
 
 validate: $(STAMP)
 	$(BIN)/sam validate --lint --region $(AWS_DEFAULT_REGION)

@@ -115,13 +115,18 @@ def sync_corp_tags(client: WeComClient, corp_id: str, *, group_ids: list[str] | 
 
     seen_groups: set[str] = set()
     seen_tags: set[str] = set()
+    # Items WeCom flags `deleted` count as not returned: they are marked deleted below.
     for group in answer.get("tag_group") or []:
+        if group.get("deleted"):
+            continue
         group_id, name, order = str(group["group_id"]), group.get("group_name"), int(group.get("order") or 0)
         seen_groups.add(group_id)
         counts["groups"] += 1
         upsert(TagGroup(*keys.tag_group(corp_id, group_id)), _same(groups.get(group_id), name, order),
                [TagGroup.group_id.set(group_id), TagGroup.name.set(name), TagGroup.order.set(order)])
         for tag in group.get("tag") or []:
+            if tag.get("deleted"):
+                continue
             tag_id, tag_name, tag_order = str(tag["id"]), tag.get("name"), int(tag.get("order") or 0)
             seen_tags.add(tag_id)
             counts["tags"] += 1
