@@ -112,7 +112,7 @@ def aws(ddb: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         settings.cache_clear()
         intake.reset_clients()
         corps.forget_cache()
-        once._connection = None
+        once.forget_connection()
 
     reset()
     yield Aws(table_name=ddb, queue_urls=urls)

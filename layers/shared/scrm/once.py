@@ -34,6 +34,12 @@ def connection() -> Connection:
     return _connection
 
 
+def forget_connection() -> None:
+    """For the local stack and tests, when the DynamoDB endpoint changes."""
+    global _connection
+    _connection = None
+
+
 def already_done(corp_id: str, effect: str, key: str) -> bool:
     pk, sk = keys.once(corp_id, effect, key)
     try:
