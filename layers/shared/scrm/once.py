@@ -40,15 +40,6 @@ def forget_connection() -> None:
     _connection = None
 
 
-def already_done(corp_id: str, effect: str, key: str) -> bool:
-    pk, sk = keys.once(corp_id, effect, key)
-    try:
-        Once.get(pk, sk, consistent_read=True)
-    except Once.DoesNotExist:
-        return False
-    return True
-
-
 def run_once(corp_id: str, effect: str, key: str, writes: list[Write], cause: str | None = None,
              now: float | None = None) -> bool:
     """Apply `writes` and the marker atomically; False (and nothing written) if done before."""
