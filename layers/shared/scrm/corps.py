@@ -96,6 +96,14 @@ def forget_cache() -> None:
     parameters.clear_caches()
 
 
+def registered() -> list[str]:
+    """Every registered corp's id, sorted (GSI1 CORPS): what the scheduled jobs walk."""
+    from scrm import keys
+    from scrm.models import Corp
+
+    return sorted(row.corp_id for row in Corp.gsi1.query(keys.CORPS_INDEX_PK))
+
+
 def register(creds: CorpCredentials, name: str | None = None) -> bool:
     """Create or update a corp's secret and its Corp row; True if the corp is new.
 

@@ -28,10 +28,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pynamodb.exceptions import UpdateError
 
 from scrm import keys
-from scrm.corps import UnknownCorp
+from scrm.corps import UnknownCorp, registered
 from scrm.events import CallbackEvent
 from scrm.handlers import Permanent, text
-from scrm.models import Corp, Customer, Follow, TimelineEntry, Touch
+from scrm.models import Customer, Follow, TimelineEntry, Touch
 from scrm.observability import log
 from scrm.tags import apply_channel_tags, describe_tags, sync_corp_tags
 from scrm.wecom.client import WeComClient, for_corp
@@ -512,10 +512,6 @@ def _mark_unlisted(corp_id: str, group: list[str], seen: set[tuple[str, str]], s
 
 
 # --- the scheduled run over every corp ------------------------------------------------------------
-def registered_corps() -> list[str]:
-    return sorted(row.corp_id for row in Corp.gsi1.query(keys.CORPS_INDEX_PK))
-
-
 def nightly(continuation: dict | None, *, deadline: float, continue_later: Callable[[dict], None],
             clients: Callable[[str], WeComClient] = for_corp, metrics: Metrics | None = None) -> dict:
     """Full tag sync and reconciliation of every registered corp, one after the other.
@@ -525,7 +521,7 @@ def nightly(continuation: dict | None, *, deadline: float, continue_later: Calla
     One corp's failure (unknown corp, wrong secret, rate limit) never stops the others.
     """
     continuation = continuation or {}
-    corp_ids: list[str] = continuation.get("corps") or registered_corps()
+    corp_ids: list[str] = continuation.get("corps") or registered()
     resume_from: str | None = continuation.get("resume_from")
     hop = int(continuation.get("hop") or 0)
     reports: list[dict] = []

@@ -38,6 +38,7 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
 
 from scrm import keys, paging
+from scrm.corps import registered
 from scrm.errors import Invalid, NotFound, ScrmError
 from scrm.handlers import apply_versioned, version_of
 from scrm.models import Corp, Department, Follow, Staff
@@ -386,7 +387,7 @@ def sync_all(make_client: Callable[[str], WeComClient] = _client_of, now: float 
     credentials, WeCom down) is logged and reported; the others still sync. No corp is
     started with less than MIN_TIME_LEFT seconds left (`skipped`), and the order rotates
     daily, so a night too short for every corp still reaches each in turn."""
-    corp_ids = sorted(corp.corp_id for corp in Corp.gsi1.query(keys.CORPS_INDEX_PK))
+    corp_ids = registered()
     start = int((time.time() if now is None else now) // 86400) % max(len(corp_ids), 1)
     order = corp_ids[start:] + corp_ids[:start]
     summary: dict[str, Any] = {"corps": len(corp_ids), "synced": [], "failed": [], "skipped": []}
