@@ -155,7 +155,8 @@ def _acquisition():
 def logging_quiet() -> None:
     import logging
 
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("SCRM_PARAMETER_OVERRIDES", "LogLevel=CRITICAL")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     logging.getLogger().setLevel(logging.WARNING)
 
 

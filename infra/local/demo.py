@@ -217,7 +217,7 @@ def main() -> int:
     os.environ.setdefault("SCRM_HTTP_PORT", "0")  # never clash with a running `make up`
     os.environ.setdefault("SCRM_SIM_PORT", "0")
     # The functions' JSON logs and metrics would drown the story; `make up` shows them.
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "CRITICAL")
+    os.environ.setdefault("SCRM_PARAMETER_OVERRIDES", "LogLevel=CRITICAL")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     logging.basicConfig(level=logging.CRITICAL)
     from infra.local.stack import LocalStack

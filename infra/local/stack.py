@@ -179,7 +179,7 @@ class LocalStack:
         self.region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.wecom_api_base = os.environ.get("WECOM_API_BASE") or None  # an external WeCom API: no simulator
         self.state_file = Path(state_file) if state_file is not None else None
-        self._state_written = False  # a failed start must not remove another stack's file
+        self._state_written: Path | None = None  # a failed start must not remove another stack's file
 
         self.endpoint = ""
         self.api_base = ""
@@ -534,12 +534,12 @@ class LocalStack:
         fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(self.state(), fh, indent=2)
-        self._state_written = True
+        self._state_written = self.state_file
 
     def _remove_state(self) -> None:
-        if self._state_written:
-            self.state_file.unlink(missing_ok=True)
-            self._state_written = False
+        if self._state_written is not None:
+            self._state_written.unlink(missing_ok=True)
+            self._state_written = None
 
     @property
     def gateway_url(self) -> str:
@@ -655,6 +655,8 @@ def _forget_scrm_state() -> None:
         sys.modules["scrm.intake"].reset_clients()
     if "scrm.wecom.client" in sys.modules:
         sys.modules["scrm.wecom.client"].forget_caches()
+    if "scrm.once" in sys.modules:
+        sys.modules["scrm.once"].forget_connection()
     if "scrm.ops.auth" in sys.modules:
         sys.modules["scrm.ops.auth"].forget_cache()
     if "scrm.models" in sys.modules:

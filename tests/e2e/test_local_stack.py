@@ -1,19 +1,23 @@
 """The local stack end to end: real HTTP in, real SQS batches, moto's redrive, the schedule."""
 from __future__ import annotations
 
+import argparse
 import base64
 import http.client
 import json
+import os
 import secrets
 import time
 import uuid
 from urllib.parse import urlencode, urlsplit
 
 import boto3
+import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from infra.local.gateway import http_response, match_path, parse_query
+from infra.local.gateway import claim_strings, http_response, match_path, parse_query
 from infra.local.pollers import failed_ids
 from infra.local.stack import plan_environment
 from scrm import keys
@@ -178,11 +182,123 @@ def test_control_routes(stack):
     assert health["status"] == "ok"
     assert set(health["functions"]) == set(stack.template.functions)
     depths = requests.get(f"{stack.gateway_url}/_local/queues", timeout=5).json()
-    assert set(depths) == {"EventsQueue", "EventsDLQ"}
+    assert set(depths) == set(stack.template.queues)  # every queue, dead-letter queues included
+    assert {"EventsQueue", "EventsDLQ", "WelcomeQueue", "WelcomeDLQ"} <= set(depths)
     assert set(depths["EventsDLQ"]) == {"visible", "in_flight", "delayed"}
     fired = requests.post(f"{stack.gateway_url}/_local/schedules/SweeperFunction", timeout=10)
     assert fired.status_code == 200 and fired.json()["function"] == "SweeperFunction"
     assert requests.post(f"{stack.gateway_url}/_local/schedules/WorkerFunction", timeout=5).status_code == 404
+
+
+# --- the JWT authorizer of the ops routes -----------------------------------------------
+@pytest.fixture
+def ops_calls(stack, monkeypatch) -> list:
+    """The events the ops function receives (it answers 200 without running)."""
+    seen: list = []
+
+    def record(event, context):
+        seen.append(event)
+        return {"statusCode": 200, "body": "{}"}
+
+    monkeypatch.setitem(stack._handlers, "OpsApiFunction", record)
+    return seen
+
+
+def ops_get(stack, authorization: str | None) -> requests.Response:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    return requests.get(f"{stack.gateway_url}/ops/stores", headers=headers, timeout=5)
+
+
+def foreign_token(stack, claims: dict, kid: str = "scrm-local", algorithm: str = "RS256") -> str:
+    """Signed with a key the stack never saw (under the stack's kid, unless told otherwise)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
+
+
+REFUSED = {
+    "no header": lambda stack, claims: None,
+    "empty bearer": lambda stack, claims: "Bearer ",
+    "not a jwt": lambda stack, claims: "Bearer not-a-jwt",
+    "basic auth": lambda stack, claims: "Basic dXNlcjpwYXNz",
+    "expired": lambda stack, claims: "Bearer " + stack.mint_token({**claims, "exp": int(time.time()) - 1}),
+    "no exp": lambda stack, claims: "Bearer " + stack.mint_token({k: v for k, v in claims.items() if k != "exp"}),
+    "not yet valid": lambda stack, claims: "Bearer " + stack.mint_token({**claims, "nbf": int(time.time()) + 600}),
+    "other issuer": lambda stack, claims: "Bearer " + stack.mint_token({**claims, "iss": "https://evil.example"}),
+    "other audience": lambda stack, claims: "Bearer " + stack.mint_token({**claims, "aud": "someone-else"}),
+    "no audience": lambda stack, claims: "Bearer " + stack.mint_token({k: v for k, v in claims.items() if k != "aud"}),
+    "foreign key": lambda stack, claims: "Bearer " + foreign_token(stack, claims),
+    "unknown kid": lambda stack, claims: "Bearer " + foreign_token(stack, claims, kid="other"),
+    "unsigned": lambda stack, claims: "Bearer " + jwt.encode(claims, None, algorithm="none",
+                                                             headers={"kid": "scrm-local"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_an_ops_route_without_a_valid_token_is_401_and_the_function_never_runs(stack, corp, ops_calls, case):
+    response = ops_get(stack, REFUSED[case](stack, stack.ops_claims(corp.corp_id)))
+    assert (response.status_code, response.json()) == (401, {"message": "Unauthorized"})
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert ops_calls == []
+
+
+@pytest.mark.parametrize("shape", ["Bearer {}", "bearer {}", "{}"])
+def test_a_valid_token_passes_its_claims_to_the_function_as_strings(stack, corp, ops_calls, shape):
+    token = stack.ops_token(corp.corp_id)
+    assert ops_get(stack, shape.format(token)).status_code == 200
+    authorizer = ops_calls[0]["requestContext"]["authorizer"]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert authorizer == {"jwt": {"claims": claim_strings(claims), "scopes": None}}
+    assert authorizer["jwt"]["claims"]["scrm:corp"] == corp.corp_id
+    assert authorizer["jwt"]["claims"]["exp"] == str(claims["exp"])
+    assert claims["sub"] == "ops-local" and claims["exp"] - claims["iat"] == 12 * 3600
+
+
+def test_the_audience_may_come_as_a_list_or_as_client_id(stack, corp, ops_calls):
+    claims = stack.ops_claims(corp.corp_id)
+    audience = claims.pop("aud")
+    assert ops_get(stack, "Bearer " + stack.mint_token({**claims, "aud": ["other", audience]})).status_code == 200
+    assert ops_get(stack, "Bearer " + stack.mint_token({**claims, "client_id": audience})).status_code == 200
+    assert len(ops_calls) == 2
+
+
+def test_routes_without_an_authorizer_get_no_claims(stack, monkeypatch):
+    seen = []
+    monkeypatch.setitem(stack._handlers, "CallbackFunction", lambda event, context: seen.append(event) or "")
+    requests.get(stack.callback_url("ww1"), timeout=5)
+    assert "authorizer" not in seen[0]["requestContext"]
+
+
+def test_claims_reach_the_function_the_way_api_gateway_passes_them():
+    assert claim_strings({"s": "x", "n": 5, "b": True, "l": ["a", "b"], "m": {"k": 1}}) == {
+        "s": "x", "n": "5", "b": "true", "l": "[a b]", "m": '{"k":1}'}
+
+
+def test_the_stack_prints_each_corps_token_and_writes_its_endpoints_for_one_run(stack, corp, tmp_path, monkeypatch):
+    from infra.scripts import target
+
+    token = stack.ops_token(corp.corp_id)
+    assert f"ops token for {corp.corp_id}: {token}" in stack.describe()
+    with pytest.raises(LookupError):
+        stack.ops_token("wwnotacorp")
+
+    monkeypatch.setattr(stack, "state_file", tmp_path / ".local" / "stack.json")
+    stack._write_state()
+    state = json.loads(stack.state_file.read_text())
+    assert state == {"aws_endpoint_url": stack.endpoint, "region": stack.region, "table_name": stack.table_name,
+                     "queue_urls": stack.queue_urls, "gateway_url": stack.gateway_url,
+                     "sim_url": stack.sim.base_url if stack.sim else None, "ops_tokens": {corp.corp_id: token}}
+    assert stack.state_file.stat().st_mode & 0o777 == 0o600  # it holds bearer tokens
+
+    # the operator commands find the stack through it
+    for name in ("AWS_ENDPOINT_URL", "TABLE_NAME", "EVENTS_QUEUE_URL", "WELCOME_QUEUE_URL"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
+    monkeypatch.setattr(target, "LOCAL_STATE", stack.state_file)
+    assert target.configure(argparse.Namespace(aws=False))["table_name"] == stack.table_name
+    assert (os.environ["AWS_ENDPOINT_URL"], os.environ["EVENTS_QUEUE_URL"]) == (
+        stack.endpoint, stack.queue_urls["EventsQueue"])
+
+    stack._remove_state()
+    assert not stack.state_file.exists()
 
 
 # --- queues ---------------------------------------------------------------------------

@@ -82,8 +82,8 @@ class Answer:
         return {"error": self.error, "field": self.field, "message": self.message}
 
 
-def answer_for(exc: Exception, now: float | None = None) -> Answer:
-    """The HTTP answer for an exception (pure: the response and the log line are built from it)."""
+def answer_for(exc: Exception) -> Answer:
+    """The HTTP answer for an exception."""
     if isinstance(exc, ApiError):
         return Answer(exc.status, exc.error, exc.message, exc.field)
     if isinstance(exc, CouponError):  # before ScrmError, which it extends
@@ -96,7 +96,7 @@ def answer_for(exc: Exception, now: float | None = None) -> Answer:
     if isinstance(exc, UnknownCorp):
         return Answer(403, "unknown_corp", "the caller's corp is not registered")
     if isinstance(exc, RateLimited):
-        wait = max(1, math.ceil(exc.blocked_until - (time.time() if now is None else now)))
+        wait = max(1, math.ceil(exc.blocked_until - time.time()))
         return Answer(429, "wecom_rate_limited", f"WeCom rate-limits {exc.api or 'this API'}; retry later",
                       retry_after=wait)
     if isinstance(exc, TransientError):
@@ -116,10 +116,10 @@ def answer_for(exc: Exception, now: float | None = None) -> Answer:
 def to_response(exc: Exception) -> Response:
     """The resolver's only exception handler (registered for Exception)."""
     answer = answer_for(exc)
-    if answer.status >= 500 and not isinstance(exc, WeComError):
-        log.exception("ops request failed")
-    elif isinstance(exc, WeComError):
+    if isinstance(exc, WeComError):
         log.warning("wecom call failed", api=exc.api, errcode=exc.errcode, errmsg=exc.errmsg, status=answer.status)
+    elif answer.status >= 500:
+        log.exception("ops request failed")
     headers = {"Retry-After": str(answer.retry_after)} if answer.retry_after is not None else None
     return Response(status_code=answer.status, content_type=content_types.APPLICATION_JSON, body=answer.body(),
                     headers=headers)

@@ -108,8 +108,8 @@ def _array(name: str, value: Any, spec: Field) -> list[str]:
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip() or (spec.item_max and len(item) > spec.item_max) or (
                 spec.pattern is not None and not spec.pattern.fullmatch(item)):
-            shape = spec.pattern.pattern if spec.pattern is not None else f"at most {spec.item_max} characters"
-            raise Invalid(f"item {i} must be a string matching {shape}", name)
+            pattern = f" matching {spec.pattern.pattern}" if spec.pattern is not None else ""
+            raise Invalid(f"item {i} must be a string of 1-{spec.item_max} characters{pattern}", name)
     return value
 
 
