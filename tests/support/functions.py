@@ -15,9 +15,10 @@ class LambdaContext:
     memory_limit_in_mb: int = 512
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:test-function"
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    remaining_millis: int = 30_000
 
     def get_remaining_time_in_millis(self) -> int:
-        return 30_000
+        return self.remaining_millis
 
 
 def load_function(name: str):
