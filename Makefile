@@ -7,7 +7,7 @@ export SAM_CLI_TELEMETRY := 0
 export PYTHONPATH := $(CURDIR)/layers/shared:$(CURDIR)
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help venv test test-fast demo up bench deploy validate build register-corp replay-dlq clean
+.PHONY: help venv test test-fast demo up bench deploy validate build register-corp org-sync org-rule replay-dlq clean
 
 help:
 	@echo "make demo   - start the local stack and replay a store's morning through it"
@@ -16,7 +16,9 @@ help:
 	@echo "make bench  - print the benchmark figures"
 	@echo "make deploy - sam build && sam deploy --guided"
 	@echo "make register-corp CORP_FILE=corp.json [AWS=1] - register a corp's credentials"
-	@echo "make replay-dlq [AWS=1] - move dead-lettered events back to the events queue"
+	@echo "make org-sync [CORP=ww...] [AWS=1] - full sync of departments and staff from WeCom"
+	@echo "make org-rule CORP=ww... RULE_FILE=rule.json [AWS=1] - how departments map to branch/region/store"
+	@echo "make replay-dlq [AWS=1] [ARGS=--dry-run] - move dead-lettered events back to their queues"
 
 $(STAMP): requirements-dev.txt layers/shared/requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,6 +56,12 @@ deploy: $(STAMP)
 
 register-corp: $(STAMP)
 	$(BIN)/python -m infra.scripts.register_corp $(if $(AWS),--aws) --file $(CORP_FILE)
+
+org-sync: $(STAMP)
+	$(BIN)/python -m infra.scripts.org sync $(if $(CORP),--corp $(CORP)) $(if $(AWS),--aws)
+
+org-rule: $(STAMP)
+	$(BIN)/python -m infra.scripts.org rule --corp $(CORP) --file $(RULE_FILE) $(if $(AWS),--aws)
 
 replay-dlq: $(STAMP)
 	$(BIN)/python -m infra.scripts.replay_dlq $(if $(AWS),--aws) $(ARGS)

@@ -58,3 +58,25 @@ def test_register_corp_refuses_a_bad_encoding_aes_key(aws, monkeypatch, tmp_path
     corp_file.write_text(json.dumps({**VECTOR_A, "encoding_aes_key": "short"}))
     assert register_corp.main(["--file", str(corp_file)]) == 2
     assert "invalid credentials" in capsys.readouterr().err
+
+
+def test_org_commands_set_a_rule_and_run_a_full_sync(aws, simulated_wecom, monkeypatch, tmp_path, capsys):
+    from infra.scripts import org as org_command
+    from scrm.corps import CorpCredentials, register
+
+    _point_at(aws, monkeypatch)
+    register(CorpCredentials.from_json(VECTOR_A))
+    simulated_wecom.add_corp(**{k: VECTOR_A[k] for k in ("corp_id", "secret", "token", "encoding_aes_key", "agent_id")})
+    simulated_wecom.add_department(VECTOR_A["corp_id"], 2, "门店A", parentid=1)
+    simulated_wecom.add_staff(VECTOR_A["corp_id"], "zhangsan", "张三", department=(2,))
+    rule = tmp_path / "rule.json"
+    rule.write_text(json.dumps({"mode": "depth", "store": 2}))
+
+    assert org_command.main(["rule", "--corp", VECTOR_A["corp_id"], "--file", str(rule)]) == 0
+    assert org_command.main(["sync", "--corp", VECTOR_A["corp_id"]]) == 0
+    report = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert report["stores"] == 1 and report["unassigned_staff"] == []
+
+    rule.write_text(json.dumps({"mode": "depth", "store": 99}))
+    assert org_command.main(["rule", "--corp", VECTOR_A["corp_id"], "--file", str(rule)]) == 2
+    assert "refused" in capsys.readouterr().err
