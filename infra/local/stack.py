@@ -611,7 +611,7 @@ class LocalStack:
             for route in fn.routes:
                 jwt_mark = "  (JWT)" if (fn.logical_id, route.event) in authorized else ""
                 lines.append(f"    {route.method:<6} {route.path:<42} -> {fn.logical_id}{jwt_mark}")
-        lines.append(f"    GET    /_local/health | GET /_local/queues | POST /_local/schedules/<FunctionId>")
+        lines.append("    GET    /_local/health | GET /_local/queues | POST /_local/schedules/<FunctionId>")
         wecom = self.sim.base_url if self.sim else f"{self.wecom_api_base} (WECOM_API_BASE; no simulator)"
         lines.append(f"  WeCom API                                   {wecom}")
         for logical_id, name in self.table_names.items():

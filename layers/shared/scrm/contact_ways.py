@@ -53,7 +53,7 @@ from pynamodb.transactions import TransactWrite
 
 from scrm import keys, org, paging
 from scrm.errors import Conflict, Invalid, NotFound, ScrmError
-from scrm.models import Campaign, ContactWay, CouponTemplate, Staff
+from scrm.models import Campaign, ContactWay, CouponTemplate, Staff, condition_failed
 from scrm.once import connection
 from scrm.wecom.errors import RateLimited, TransientError, WeComError
 
@@ -356,7 +356,7 @@ def _claim(corp_id: str, request: _Request, now: float) -> tuple[ContactWay, boo
             claim.save(condition=ContactWay.PK.does_not_exist())
             return claim, True
         except PutError as err:
-            if err.cause_response_code != "ConditionalCheckFailedException":
+            if not condition_failed(err):
                 raise
         try:
             existing = ContactWay.get(*keys.contact_way_claim(corp_id, state), consistent_read=True)
@@ -373,7 +373,7 @@ def _claim(corp_id: str, request: _Request, now: float) -> tuple[ContactWay, boo
                             condition=(ContactWay.claim_status == "pending")
                             & (ContactWay.lease_until == existing.lease_until))
         except UpdateError as err:
-            if err.cause_response_code == "ConditionalCheckFailedException":
+            if condition_failed(err):
                 raise Conflict("this contact way is being created; retry in a minute", "state") from None
             raise
         return existing, False
@@ -504,7 +504,7 @@ def delete_contact_way(client: WeComClient, corp_id: str, config_id: str) -> Con
         ContactWay(*keys.contact_way_claim(corp_id, way.state)).update(
             actions=[ContactWay.claim_status.set("deleted")], condition=ContactWay.config_id == config_id)
     except UpdateError as err:
-        if err.cause_response_code != "ConditionalCheckFailedException":
+        if not condition_failed(err):
             raise
     way.update(actions=[ContactWay.deleted.set(True), ContactWay.GSI1PK.remove(), ContactWay.GSI1SK.remove()])
     return way
@@ -609,7 +609,7 @@ def create_campaign(corp_id: str, *, name: str, welcome: dict | None = None, cou
             row.save(condition=Campaign.PK.does_not_exist())
             return row
         except PutError as err:
-            if err.cause_response_code != "ConditionalCheckFailedException":
+            if not condition_failed(err):
                 raise
     raise Conflict("a campaign with this id exists", "campaign_id")
 
@@ -646,7 +646,7 @@ def update_campaign(corp_id: str, campaign_id: str, **changes: Any) -> Campaign:
             row.update(actions=[getattr(Campaign, k).set(v) if v is not None else getattr(Campaign, k).remove()
                                 for k, v in values.items()], condition=Campaign.PK.exists())
         except UpdateError as err:
-            if err.cause_response_code == "ConditionalCheckFailedException":
+            if condition_failed(err):
                 raise NotFound("no such campaign", "campaign_id") from None
             raise
     return row

@@ -25,13 +25,12 @@ from typing import Any
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from pynamodb.exceptions import UpdateError
 
 from scrm import keys
 from scrm.corps import UnknownCorp, registered
 from scrm.events import CallbackEvent
 from scrm.handlers import Permanent, text
-from scrm.models import Customer, Follow, TimelineEntry, Touch
+from scrm.models import Customer, Follow, TimelineEntry, Touch, update_if
 from scrm.observability import log
 from scrm.tags import apply_channel_tags, describe_tags, sync_corp_tags
 from scrm.wecom.client import WeComClient, for_corp
@@ -57,16 +56,6 @@ MAX_HOPS = 24  # continuations of one nightly run (each up to a Lambda's 15 minu
 
 
 # --- small helpers -----------------------------------------------------------------------
-def _update_if(row: Customer | Follow, actions: list, condition: Any) -> bool:
-    try:
-        row.update(actions=actions, condition=condition)
-    except UpdateError as err:
-        if err.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
-
-
 def _note(corp_id: str, external_userid: str, at: int, entry_id: str, what: str, userid: str | None,
           detail: dict | None = None) -> None:
     """A timeline entry; its key names its cause, so writing it again changes nothing."""
@@ -134,7 +123,7 @@ def _store_profile(corp_id: str, contact: dict, fetched_at: float, seen_at: int 
     for name in PROFILE_FIELDS:
         if contact.get(name) not in (None, ""):
             actions.append(getattr(Customer, name).set(contact[name]))
-    return _update_if(Customer(*keys.customer(corp_id, external_userid)), actions,
+    return update_if(Customer(*keys.customer(corp_id, external_userid)), actions,
                       Customer.profile_at.does_not_exist() | (Customer.profile_at <= fetched_at))
 
 
@@ -142,7 +131,7 @@ def _store_follow(corp_id: str, external_userid: str, facts: FollowFacts, fetche
     """Remark, description, state, add_way and tags as fetched; the status is left alone."""
     actions = [*_identity(corp_id, external_userid, facts.userid), *facts.actions(),
                Follow.status.set(Follow.status | "active"), Follow.synced_at.set(fetched_at)]
-    return _update_if(Follow(*keys.follow(corp_id, external_userid, facts.userid)), actions,
+    return update_if(Follow(*keys.follow(corp_id, external_userid, facts.userid)), actions,
                       Follow.synced_at.does_not_exist() | (Follow.synced_at <= fetched_at))
 
 
@@ -173,10 +162,10 @@ def _attribute(corp_id: str, external_userid: str, touch: Touch) -> tuple[bool, 
     base = [Customer.entity.set(Customer), Customer.external_userid.set(external_userid),
             Customer.first_seen_at.set(Customer.first_seen_at | touch.at)]
     first, latest = Customer.first_touch, Customer.latest_touch
-    became_first = _update_if(customer, [*base, first.set(touch)],
+    became_first = update_if(customer, [*base, first.set(touch)],
                               first.at.does_not_exist() | (first.at > touch.at)
                               | ((first.at == touch.at) & (first.userid > touch.userid)))
-    became_latest = _update_if(customer, [*base, latest.set(touch)],
+    became_latest = update_if(customer, [*base, latest.set(touch)],
                                latest.at.does_not_exist() | (latest.at < touch.at)
                                | ((latest.at == touch.at) & (latest.userid < touch.userid)))
     return became_first, became_latest
@@ -438,7 +427,7 @@ def _check_follow(client: WeComClient, corp_id: str, external_userid: str, row: 
     # before it are already reflected in what WeCom listed, so they must not undo it.
     version = at * 10 + 1
     if row is None:
-        created = _update_if(Follow(*keys.follow(corp_id, external_userid, userid)),
+        created = update_if(Follow(*keys.follow(corp_id, external_userid, userid)),
                              [*_identity(corp_id, external_userid, userid), *facts.actions(),
                               Follow.status.set("active"), Follow.version.set(version),
                               Follow.synced_at.set(fetched_at)],
@@ -453,7 +442,7 @@ def _check_follow(client: WeComClient, corp_id: str, external_userid: str, row: 
     if row.status not in LIVE:
         deleted_at = int(row.version or 0) // 10
         if facts.added_at and facts.added_at > deleted_at:  # added again after the deletion we know of
-            if _update_if(row, [Follow.status.set("active"), Follow.delete_source.remove(),
+            if update_if(row, [Follow.status.set("active"), Follow.delete_source.remove(),
                                 Follow.version.set(version), Follow.synced_at.set(fetched_at), *facts.actions()],
                           unchanged):
                 tally.created += 1
@@ -461,13 +450,13 @@ def _check_follow(client: WeComClient, corp_id: str, external_userid: str, row: 
                 _restore_add(client, corp_id, external_userid, facts, at)
         return
     if row.status == "half":
-        if _update_if(row, [Follow.status.set("active"), Follow.version.set(version)], unchanged):
+        if update_if(row, [Follow.status.set("active"), Follow.version.set(version)], unchanged):
             tally.updated += 1
             tally.repair(corp_id, external_userid, userid, "follow_activated", at)
     drift = facts.drift(row)
     if not drift:
         return
-    if _update_if(row, [*facts.actions(), Follow.synced_at.set(fetched_at)],
+    if update_if(row, [*facts.actions(), Follow.synced_at.set(fetched_at)],
                   Follow.synced_at.does_not_exist() | (Follow.synced_at <= fetched_at)):
         tally.updated += 1
         for name, (ours, theirs) in drift.items():
@@ -504,7 +493,7 @@ def _mark_unlisted(corp_id: str, group: list[str], seen: set[tuple[str, str]], s
             if (row.userid, row.external_userid) in seen or (row.version or 0) >= floor:
                 continue
             at = int(clock())
-            if _update_if(row, [Follow.status.set("deleted_by_staff"), Follow.delete_source.set("reconcile"),
+            if update_if(row, [Follow.status.set("deleted_by_staff"), Follow.delete_source.set("reconcile"),
                                 Follow.version.set(at * 10 + 2)],
                           (Follow.status == "active") & (Follow.version.does_not_exist() | (Follow.version < floor))):
                 tally.marked_deleted += 1

@@ -22,6 +22,25 @@ from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
 TTL_ATTRIBUTE = "expires_at"
+CONDITION_FAILED = "ConditionalCheckFailedException"
+
+
+def condition_failed(err: Exception) -> bool:
+    """Whether a PynamoDB write error is a failed condition (not an outage)."""
+    return getattr(err, "cause_response_code", None) == CONDITION_FAILED
+
+
+def update_if(row: "Model", actions: list, condition) -> bool:
+    """Update `row` if `condition` holds; False when it does not, any other error raised."""
+    from pynamodb.exceptions import UpdateError
+
+    try:
+        row.update(actions=actions, condition=condition)
+    except UpdateError as err:
+        if condition_failed(err):
+            return False
+        raise
+    return True
 
 
 class GSI1(GlobalSecondaryIndex):

@@ -41,7 +41,7 @@ from scrm import keys, paging
 from scrm.corps import registered
 from scrm.errors import Invalid, NotFound, ScrmError
 from scrm.handlers import apply_versioned, version_of
-from scrm.models import Corp, Department, Follow, Staff
+from scrm.models import Corp, Department, Follow, Staff, condition_failed
 from scrm.observability import log
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def set_rule(corp_id: str, rule: Any) -> None:
     try:
         Corp(*keys.corp(corp_id)).update(actions=[Corp.org_rule.set(stored)], condition=Corp.PK.exists())
     except UpdateError as err:
-        if err.cause_response_code == "ConditionalCheckFailedException":
+        if condition_failed(err):
             raise NotFound("corp is not registered", "corp_id") from None
         raise
     relevel(corp_id)

@@ -17,7 +17,7 @@ from pynamodb.exceptions import UpdateError
 from scrm import keys
 from scrm.events import CallbackEvent
 from scrm.handlers import Permanent, address_book, external_chat, external_contact, external_tag
-from scrm.models import Event
+from scrm.models import Event, condition_failed
 from scrm.observability import log
 
 Handler = Callable[[CallbackEvent], str]
@@ -71,7 +71,7 @@ def finish(event: CallbackEvent, status: str, outcome: str, now: float | None = 
             condition=Event.PK.exists(),
         )
     except UpdateError as err:
-        if getattr(err, "cause_response_code", None) != "ConditionalCheckFailedException":
+        if not condition_failed(err):
             raise
         # The row expired (TTL) before a replay reached us: the effects ran, nothing to mark.
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
 
 from pynamodb.exceptions import UpdateError
 
 from scrm import keys
-from scrm.models import Follow, Once, Tag, TagGroup
+from scrm.models import Follow, Once, Tag, TagGroup, condition_failed, update_if
 from scrm.once import run_once
 from scrm.wecom.client import WeComClient
 from scrm.wecom.errors import GoneError
@@ -75,16 +74,6 @@ def _pulled_before(cls: type[TagGroup] | type[Tag], fetched_at: float):
             & (cls.version.does_not_exist() | (cls.version < (int(fetched_at) + 1) * 10)))
 
 
-def _update(row: TagGroup | Tag, actions: list, condition: Any) -> bool:
-    try:
-        row.update(actions=actions, condition=condition)
-    except UpdateError as err:
-        if err.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
-
-
 def _same(row: TagGroup | Tag | None, name: str | None, order: int, group_id: str | None = None) -> bool:
     return (row is not None and not row.deleted and not row.needs_sync and row.name == name
             and int(row.order or 0) == order and (group_id is None or row.group_id == group_id))
@@ -109,7 +98,7 @@ def sync_corp_tags(client: WeComClient, corp_id: str, *, group_ids: list[str] | 
             counts["unchanged"] += 1
             return
         cls = type(row)
-        written = _update(row, [*actions, cls.entity.set(cls), cls.deleted.set(False), cls.needs_sync.set(False),
+        written = update_if(row, [*actions, cls.entity.set(cls), cls.deleted.set(False), cls.needs_sync.set(False),
                                 cls.synced_at.set(fetched_at)], _pulled_before(cls, fetched_at))
         counts["written" if written else "skipped"] += 1
 
@@ -148,7 +137,7 @@ def sync_corp_tags(client: WeComClient, corp_id: str, *, group_ids: list[str] | 
             row = known.get(object_id)
             if row is not None and row.deleted and not row.needs_sync:
                 continue
-            if _update(cls(*key(corp_id, object_id)),
+            if update_if(cls(*key(corp_id, object_id)),
                        [cls.deleted.set(True), cls.needs_sync.set(False), cls.synced_at.set(fetched_at)],
                        cls.PK.exists() & _pulled_before(cls, fetched_at)):
                 counts["deleted"] += 1
@@ -196,6 +185,6 @@ def apply_channel_tags(client: WeComClient, corp_id: str, userid: str, external_
         Follow(*keys.follow(corp_id, external_userid, userid)).update(
             actions=[Follow.tag_ids.add(set(wanted))], condition=Follow.PK.exists())
     except UpdateError as err:
-        if err.cause_response_code != "ConditionalCheckFailedException":
+        if not condition_failed(err):
             raise
     return True

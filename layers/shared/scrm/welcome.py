@@ -22,7 +22,7 @@ from pynamodb.exceptions import PutError
 from scrm import keys
 from scrm.events import CallbackEvent
 from scrm.handlers import text
-from scrm.models import Welcome
+from scrm.models import Welcome, condition_failed
 from scrm.observability import log
 from scrm.once import bump, run_once
 from scrm.config import business_day
@@ -79,7 +79,7 @@ def _claim(corp_id: str, external_userid: str, userid: str, code: str, at: float
         row.save(condition=Welcome.PK.does_not_exist()
                  | ((Welcome.status == "sending") & (Welcome.lease_until < int(at))))
     except PutError as err:
-        if getattr(err, "cause_response_code", None) == "ConditionalCheckFailedException":
+        if condition_failed(err):
             return None
         raise
     previous = row  # a re-claim after a crash mid-send: the earlier attempt may have been delivered

@@ -7,8 +7,8 @@ at the same second a deletion outranks an add or edit.
 """
 from __future__ import annotations
 
-from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
+from scrm.models import update_if
 
 
 class Permanent(Exception):
@@ -26,16 +26,8 @@ def version_of(create_time: int, rank: int) -> int:
 def apply_versioned(row: Model, version: int, actions: list) -> bool:
     """Update `row` with `actions` unless it already holds a newer event; True if applied."""
     cls = type(row)
-    try:
-        row.update(
-            actions=[*actions, cls.version.set(version), cls.entity.set(cls)],
-            condition=cls.version.does_not_exist() | (cls.version <= version),
-        )
-    except UpdateError as err:
-        if getattr(err, "cause_response_code", None) == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
+    return update_if(row, [*actions, cls.version.set(version), cls.entity.set(cls)],
+                     cls.version.does_not_exist() | (cls.version <= version))
 
 
 def text(fields: dict, name: str) -> str | None:

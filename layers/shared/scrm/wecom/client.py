@@ -31,7 +31,7 @@ from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 from scrm import keys
 from scrm.config import settings
 from scrm.corps import CorpCredentials
-from scrm.models import ApiBlock
+from scrm.models import ApiBlock, condition_failed
 from scrm.observability import log
 from scrm.wecom import tokens
 from scrm.wecom.errors import (
@@ -251,7 +251,7 @@ class WeComClient:
             ApiBlock(pk, sk, api=api, errcode=errcode, blocked_until=until, expires_at=int(until + HOUR_BLOCK)).save(
                 condition=ApiBlock.blocked_until.does_not_exist() | (ApiBlock.blocked_until < until))
         except PutError as err:
-            if err.cause_response_code != "ConditionalCheckFailedException":
+            if not condition_failed(err):
                 raise
             # another worker stored a longer block; the next refresh of the cache reads it
         entry.until[api] = max(until, previous or 0)

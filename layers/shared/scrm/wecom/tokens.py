@@ -36,7 +36,7 @@ from typing import Callable
 from pynamodb.exceptions import DoesNotExist, UpdateError
 
 from scrm import keys
-from scrm.models import AccessToken
+from scrm.models import AccessToken, condition_failed
 from scrm.observability import log
 from scrm.wecom.errors import ConfigurationError, TransientError
 
@@ -58,7 +58,7 @@ class _Token:
 
 
 def _lost_condition(err: UpdateError) -> bool:
-    return err.cause_response_code == "ConditionalCheckFailedException"
+    return condition_failed(err)
 
 
 class TokenStore:
