@@ -72,18 +72,22 @@ def send_for(event: CallbackEvent, client, now=time.time) -> str:
 
 
 def _claim(corp_id: str, external_userid: str, userid: str, code: str, at: float) -> Welcome | None:
-    row = Welcome(*keys.welcome(corp_id, external_userid, userid, code), external_userid=external_userid,
-                  userid=userid, status="sending", claimed_at=int(at), lease_until=int(at) + LEASE_SECONDS,
-                  attempts=1)
-    try:
-        row.save(condition=Welcome.PK.does_not_exist()
-                 | ((Welcome.status == "sending") & (Welcome.lease_until < int(at))))
-    except PutError as err:
-        if condition_failed(err):
-            return None
-        raise
-    previous = row  # a re-claim after a crash mid-send: the earlier attempt may have been delivered
-    return previous
+    """The right to send this welcome, or None if another worker has (or had) it.
+
+    A claim whose lease ran out while still `sending` belongs to a worker that died
+    mid-send; taking it over is the second attempt, whose 41051 then means "ours arrived"."""
+    for attempts, condition in ((1, Welcome.PK.does_not_exist()),
+                                (2, (Welcome.status == "sending") & (Welcome.lease_until < int(at)))):
+        row = Welcome(*keys.welcome(corp_id, external_userid, userid, code), external_userid=external_userid,
+                      userid=userid, status="sending", claimed_at=int(at), lease_until=int(at) + LEASE_SECONDS,
+                      attempts=attempts)
+        try:
+            row.save(condition=condition)
+            return row
+        except PutError as err:
+            if not condition_failed(err):
+                raise
+    return None
 
 
 def _content(event: CallbackEvent) -> Content | None:
