@@ -23,6 +23,18 @@ STAFF = [("zhangsan", "张三"), ("lisi", "李四"), ("wangwu", "王五")]
 MORNING = ["zhangsan", "zhangsan", "lisi", "zhangsan", "wangwu", "lisi", "zhangsan", "wangwu", "lisi", "zhangsan"]
 
 
+def seed_store(sim, corp_id: str) -> None:
+    """A branch, a region and one store with three staff in the simulated address book.
+
+    The local stack seeds its generated demo corp with it, so `make up` has someone to add
+    customers to; re-seeding changes nothing (the simulator upserts)."""
+    sim.add_department(corp_id, 10, "华东分公司", parentid=1)
+    sim.add_department(corp_id, 100, "上海区域", parentid=10)
+    sim.add_department(corp_id, int(STORE), "南京西路店", parentid=100)
+    for userid, name in STAFF:
+        sim.add_staff(corp_id, userid, name, department=(int(STORE),), mobile="13800001111")
+
+
 def say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -53,12 +65,8 @@ class Demo:
     # -- headquarters sets up the store ---------------------------------------------------
     def org(self) -> None:
         step("1. The org tree comes from WeCom's address book")
-        sim, corp = self.sim, self.corp_id
-        sim.add_department(corp, 10, "华东分公司", parentid=1)
-        sim.add_department(corp, 100, "上海区域", parentid=10)
-        sim.add_department(corp, int(STORE), "南京西路店", parentid=100)
-        for userid, name in STAFF:
-            sim.add_staff(corp, userid, name, department=(int(STORE),), mobile="13800001111")
+        corp = self.corp_id
+        seed_store(self.sim, corp)
         from scrm import org
         from scrm.wecom.client import for_corp
 

@@ -441,6 +441,10 @@ class LocalStack:
             if self.sim:
                 self.sim.add_corp(creds.corp_id, creds.secret, creds.token, creds.encoding_aes_key,
                                   int(creds.agent_id), callback_url=self.callback_url(creds.corp_id))
+                if creds.corp_id in self._demo_corp_ids:
+                    from infra.local.demo import seed_store
+
+                    seed_store(self.sim, creds.corp_id)  # someone to add customers to
         corps.forget_cache()
 
     def callback_url(self, corp_id: str) -> str:
@@ -524,7 +528,8 @@ class LocalStack:
         """Where everything listens, for other processes (infra/scripts/target.py reads it)."""
         return {"aws_endpoint_url": self.endpoint, "region": self.region, "table_name": self.table_name,
                 "queue_urls": self.queue_urls, "gateway_url": self.gateway_url,
-                "sim_url": self.sim.base_url if self.sim else None, "ops_tokens": dict(self._ops_tokens)}
+                "sim_url": self.sim.base_url if self.sim else None, "wecom_api_base": self.api_base,
+                "ops_tokens": dict(self._ops_tokens)}
 
     def _write_state(self) -> None:
         if self.state_file is None:

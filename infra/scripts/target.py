@@ -39,6 +39,8 @@ def configure(args: argparse.Namespace) -> dict:
                             ("AWS_DEFAULT_REGION", state.get("region", "us-east-1"))):
             os.environ.setdefault(name, value)
         queue_urls, table_name = state["queue_urls"], state["table_name"]
+        if state.get("wecom_api_base"):
+            os.environ["WECOM_API_BASE"] = state["wecom_api_base"]  # the stack's simulator
     os.environ["TABLE_NAME"] = table_name
     os.environ["EVENTS_QUEUE_URL"] = queue_urls["EventsQueue"]
     os.environ["WELCOME_QUEUE_URL"] = queue_urls["WelcomeQueue"]
