@@ -286,11 +286,12 @@ def test_the_stack_prints_each_corps_token_and_writes_its_endpoints_for_one_run(
     state = json.loads(stack.state_file.read_text())
     assert state == {"aws_endpoint_url": stack.endpoint, "region": stack.region, "table_name": stack.table_name,
                      "queue_urls": stack.queue_urls, "gateway_url": stack.gateway_url,
-                     "sim_url": stack.sim.base_url if stack.sim else None, "ops_tokens": {corp.corp_id: token}}
+                     "sim_url": stack.sim.base_url if stack.sim else None, "wecom_api_base": f"{stack.sim.base_url}/cgi-bin",
+                     "ops_tokens": {corp.corp_id: token}}
     assert stack.state_file.stat().st_mode & 0o777 == 0o600  # it holds bearer tokens
 
     # the operator commands find the stack through it
-    for name in ("AWS_ENDPOINT_URL", "TABLE_NAME", "EVENTS_QUEUE_URL", "WELCOME_QUEUE_URL"):
+    for name in ("AWS_ENDPOINT_URL", "TABLE_NAME", "EVENTS_QUEUE_URL", "WELCOME_QUEUE_URL", "WECOM_API_BASE"):
         monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
     monkeypatch.setattr(target, "LOCAL_STATE", stack.state_file)
     assert target.configure(argparse.Namespace(aws=False))["table_name"] == stack.table_name
