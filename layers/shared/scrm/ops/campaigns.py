@@ -5,13 +5,13 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from scrm import contact_ways
 from scrm.contact_ways import CAMPAIGN_NAME_MAX, campaign_dict
-from scrm.errors import Invalid
 from scrm.ops.auth import current_corp
 from scrm.ops.inputs import (
     CAMPAIGN_ID,
     PAGE,
     TEMPLATE_ID,
     body,
+    changes,
     epoch,
     json_object,
     listing,
@@ -65,7 +65,5 @@ def get_campaign(campaign_id: str) -> dict:
 @router.patch("/campaigns/<campaign_id>")
 def update_campaign(campaign_id: str) -> dict:
     campaign_id = _campaign_id(campaign_id)
-    changes = body(router.current_event.raw_event, UPDATE)
-    if not changes:
-        raise Invalid("names nothing to change", "body")
-    return campaign_dict(contact_ways.update_campaign(current_corp(router), campaign_id, **changes))
+    fields = changes(router.current_event.raw_event, UPDATE)
+    return campaign_dict(contact_ways.update_campaign(current_corp(router), campaign_id, **fields))

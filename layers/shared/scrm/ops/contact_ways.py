@@ -5,7 +5,6 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from scrm import contact_ways
 from scrm.contact_ways import MAX_USERS, OWNER_KINDS, REMARK_MAX, way_dict
-from scrm.errors import Invalid
 from scrm.ops.auth import current_corp
 from scrm.ops.inputs import (
     CAMPAIGN_ID,
@@ -15,6 +14,7 @@ from scrm.ops.inputs import (
     USERID,
     WECOM_ID,
     body,
+    changes,
     json_object,
     listing,
     page_args,
@@ -89,11 +89,9 @@ def get_contact_way(config_id: str) -> dict:
 @router.patch("/contact-ways/<config_id>")
 def update_contact_way(config_id: str) -> dict:
     config_id = _config_id(config_id)
-    changes = body(router.current_event.raw_event, UPDATE)
-    if not changes:
-        raise Invalid("names nothing to change", "body")
+    fields = changes(router.current_event.raw_event, UPDATE)
     corp_id = current_corp(router)
-    return way_dict(contact_ways.update_contact_way(for_corp(corp_id), corp_id, config_id, **changes))
+    return way_dict(contact_ways.update_contact_way(for_corp(corp_id), corp_id, config_id, **fields))
 
 
 @router.delete("/contact-ways/<config_id>")

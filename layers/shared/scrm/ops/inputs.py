@@ -167,6 +167,14 @@ def body(event: dict, spec: dict[str, Field]) -> dict[str, Any]:
     return given
 
 
+def changes(event: dict, spec: dict[str, Field]) -> dict[str, Any]:
+    """A PATCH body: like `body`, and it must name at least one field to change."""
+    fields = body(event, spec)
+    if not fields:
+        raise Invalid("names nothing to change", "body")
+    return fields
+
+
 def query(event: dict, spec: dict[str, Field]) -> dict[str, Any]:
     """Query parameters, each converted to its field's type (API Gateway joins repeats with ',')."""
     params = event.get("queryStringParameters") or {}
