@@ -63,6 +63,12 @@ def import_ratio() -> tuple[float, float, float]:
 
 
 # --- the local stack ----------------------------------------------------------------------
+def _event_xml(corp_id: str, event: str, change: str, fields: str) -> str:
+    return (f"<xml><ToUserName>{corp_id}</ToUserName><FromUserName>sys</FromUserName>"
+            f"<CreateTime>{int(time.time())}</CreateTime><MsgType>event</MsgType>"
+            f"<Event>{event}</Event><ChangeType>{change}</ChangeType>{fields}</xml>")
+
+
 def callback_figures(stack, corp) -> None:
     from scrm.crypto import WeComCrypto
 
@@ -72,10 +78,7 @@ def callback_figures(stack, corp) -> None:
     latencies = []
     statuses = Counter()
     for i in range(CALLBACKS):
-        xml = (f"<xml><ToUserName>{corp.corp_id}</ToUserName><FromUserName>sys</FromUserName>"
-               f"<CreateTime>{int(time.time())}</CreateTime><MsgType>event</MsgType>"
-               "<Event>change_external_tag</Event><ChangeType>update</ChangeType>"
-               f"<Id>bench-tag-{i}</Id><TagType>tag</TagType></xml>")
+        xml = _event_xml(corp.corp_id, "change_external_tag", "update", f"<Id>bench-tag-{i}</Id><TagType>tag</TagType>")
         body, query = crypto.seal(xml)
         started = time.perf_counter()
         answer = session.post(url, params=query, data=body.encode(), timeout=10)
@@ -106,10 +109,8 @@ def requests_per_callback(stack, corp) -> None:
         hooks.append((client, hook))
     n = 50
     for i in range(n):
-        xml = (f"<xml><ToUserName>{corp.corp_id}</ToUserName><FromUserName>sys</FromUserName>"
-               f"<CreateTime>{int(time.time())}</CreateTime><MsgType>event</MsgType>"
-               "<Event>change_external_chat</Event><ChangeType>update</ChangeType>"
-               f"<ChatId>bench-chat-{i}</ChatId><UpdateDetail>add_member</UpdateDetail></xml>")
+        xml = _event_xml(corp.corp_id, "change_external_chat", "update",
+                         f"<ChatId>bench-chat-{i}</ChatId><UpdateDetail>add_member</UpdateDetail>")
         body, query = crypto.seal(xml)
         stack.invoke("CallbackFunction", http_event("POST", corp.corp_id, query, body))
     for client, hook in hooks:
