@@ -4,9 +4,11 @@ Receive a batch, invoke the function with the SQS event Lambda would send, then 
 every message on success; with ReportBatchItemFailures all but those reported failed;
 none if the function raised (they come back after the visibility timeout).
 
-Like Lambda, which starts five concurrent pollers per standard queue and invokes for each
-batch as it arrives, every queue here is read by several threads (SCRM_LOCAL_POLLERS,
-default 5): one slow batch never holds up the messages behind it.
+Like Lambda, which runs several invocations per standard queue at once, each queue here
+has up to SCRM_LOCAL_POLLERS (default 5) batches in flight: one slow batch never holds up
+the messages behind it. A single thread per queue does the receiving, though: moto's SQS
+does not lock, and concurrent ReceiveMessage calls on one queue miscount receives (and so
+dead-letter a message early).
 
 Dead-lettering is left to moto: on ReceiveMessage it moves a visible message whose
 receive count has reached the RedrivePolicy's maxReceiveCount to the dead-letter queue
@@ -84,28 +86,41 @@ class QueuePoller:
         self.stopping = stopping
         self.sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region,
                                 config=Config(retries={"max_attempts": 2}, connect_timeout=2, read_timeout=10))
-        self.threads = [threading.Thread(target=self._run, name=f"poller-{queue.name}-{n}", daemon=True)
-                        for n in range(max(1, CONCURRENCY))]
+        self.slots = threading.Semaphore(max(1, CONCURRENCY))
+        self.thread = threading.Thread(target=self._run, name=f"poller-{queue.name}", daemon=True)
+        self.batches: list[threading.Thread] = []
 
     def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
+        self.thread.start()
 
     def join(self, timeout: float) -> None:
-        for thread in self.threads:
-            thread.join(timeout)
+        self.thread.join(timeout)
+        for batch in list(self.batches):
+            batch.join(timeout)
 
     def _run(self) -> None:
         while not self.stopping.is_set():
+            # Receive only with a free slot, so no message waits out its visibility unhandled.
+            if not self.slots.acquire(timeout=0.5):
+                continue
             try:
-                self._poll_once()
+                messages = self._receive()
             except Exception:  # noqa: BLE001 - a poller that died would leave its queue unread
+                self.slots.release()
                 if self.stopping.is_set():
                     return
                 log.exception("polling %s failed; retrying", self.queue.name)
                 self.stopping.wait(1)
+                continue
+            if not messages:
+                self.slots.release()
+                continue
+            batch = threading.Thread(target=self._handle, args=(messages,), daemon=True,
+                                     name=f"batch-{self.queue.name}")
+            self.batches = [b for b in self.batches if b.is_alive()] + [batch]
+            batch.start()
 
-    def _poll_once(self) -> None:
+    def _receive(self) -> list[dict]:
         response = self.sqs.receive_message(
             QueueUrl=self.queue.url,
             MaxNumberOfMessages=min(self.source.batch_size, 10),
@@ -113,9 +128,17 @@ class QueuePoller:
             AttributeNames=["All"],
             MessageAttributeNames=["All"],
         )
-        messages = response.get("Messages", [])
-        if not messages:
-            return
+        return response.get("Messages", [])
+
+    def _handle(self, messages: list[dict]) -> None:
+        try:
+            self._settle(messages)
+        except Exception:  # noqa: BLE001 - the messages come back after their visibility timeout
+            log.exception("settling a batch from %s failed", self.queue.name)
+        finally:
+            self.slots.release()
+
+    def _settle(self, messages: list[dict]) -> None:
         try:
             result = self.invoke(self.function, sqs_event(messages, self.queue.arn, self.region))
         except Exception:  # noqa: BLE001 - a failed invocation leaves the batch to SQS
