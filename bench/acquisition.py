@@ -92,7 +92,7 @@ def _welcomes(stack, demo) -> None:
 
 
 def _coupon_claims(corp_id: str, demo) -> None:
-    from scrm import coupons
+    from scrm.domain import coupons
 
     template = coupons.create_template(corp_id, name="bench", kind="amount", amount=500, valid_days=7,
                                        total_stock=COUPON_STOCK)

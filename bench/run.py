@@ -70,7 +70,7 @@ def _event_xml(corp_id: str, event: str, change: str, fields: str) -> str:
 
 
 def callback_figures(stack, corp) -> None:
-    from scrm.crypto import WeComCrypto
+    from scrm.wecom.callback.crypto import WeComCrypto
 
     crypto = WeComCrypto(corp.token, corp.encoding_aes_key, corp.corp_id)
     url = stack.callback_url(corp.corp_id)
@@ -91,15 +91,16 @@ def callback_figures(stack, corp) -> None:
 
 def requests_per_callback(stack, corp) -> None:
     """The callback alone, in-process: the AWS requests one accepted callback makes."""
+    from scrm.wecom.callback.crypto import WeComCrypto
+
     from infra.scripts.make_events import http_event
-    from scrm.crypto import WeComCrypto
 
     crypto = WeComCrypto(corp.token, corp.encoding_aes_key, corp.corp_id)
     counter: Counter = Counter()
-    from scrm import intake
+    from scrm.store import inbox
 
     hooks = []
-    for client in (intake._dynamodb(), intake._sqs()):
+    for client in (inbox._dynamodb(), inbox._sqs()):
         service = client.meta.service_model.service_name
 
         def hook(model, _service=service, **_):

@@ -1,8 +1,7 @@
-"""WeCom callback endpoint: GET verifies the URL, POST accepts an event (scrm.intake)."""
+"""WeCom callback endpoint: GET verifies the URL, POST accepts an event (scrm.entry.callback)."""
 from aws_lambda_powertools.logging import correlation_paths
-
-from scrm.intake import handle_http
-from scrm.observability import log, metrics
+from scrm.entry.callback import handle_http
+from scrm.platform.observability import log, metrics
 
 metric = metrics()
 

@@ -1,9 +1,8 @@
-"""Ops API (HTTP API, JWT-authorized): the routes of scrm.ops, one resolver."""
+"""Ops API (HTTP API, JWT-authorized): the routes of scrm.entry.ops, one resolver."""
 from aws_lambda_powertools.logging import correlation_paths
-
-from scrm.observability import log
-from scrm.ops.api import app
-from scrm.tracing import tracer
+from scrm.entry.ops.api import app
+from scrm.platform.observability import log
+from scrm.platform.tracing import tracer
 
 
 @log.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

@@ -1,9 +1,8 @@
 """Scheduled (nightly): full org sync of every registered corp; heals missed address-book events."""
 from aws_lambda_powertools.metrics import MetricUnit
-
-from scrm.observability import log, metrics
-from scrm.tracing import tracer
-from scrm.org import sync_all
+from scrm.domain.org.tree import sync_all
+from scrm.platform.observability import log, metrics
+from scrm.platform.tracing import tracer
 
 metric = metrics()
 

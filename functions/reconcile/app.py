@@ -1,14 +1,13 @@
 """Scheduled nightly: every corp's corp tags pulled in full, then its follow relations
-reconciled with WeCom (scrm.customers.nightly). A run that needs more than one invocation
+reconciled with WeCom (scrm.domain.customers.reconcile.nightly). A run that needs more than one invocation
 hands the rest to a fresh asynchronous invocation of this same function."""
 import json
 import time
 
 import boto3
-
-from scrm.customers import nightly
-from scrm.observability import log, metrics
-from scrm.tracing import tracer
+from scrm.domain.customers.reconcile import nightly
+from scrm.platform.observability import log, metrics
+from scrm.platform.tracing import tracer
 
 metric = metrics()
 # Stop starting new WeCom pages this long before Lambda's own timeout.

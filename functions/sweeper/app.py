@@ -1,7 +1,7 @@
-"""Scheduled: re-enqueue events that were accepted but never processed (scrm.recovery)."""
-from scrm.observability import log, metrics
-from scrm.tracing import tracer
-from scrm.recovery import sweep_pending
+"""Scheduled: re-enqueue events that were accepted but never processed (scrm.entry.recovery)."""
+from scrm.entry.recovery import sweep_pending
+from scrm.platform.observability import log, metrics
+from scrm.platform.tracing import tracer
 
 metric = metrics()
 

@@ -1,11 +1,11 @@
-"""The welcome lane: add events carrying a WelcomeCode, routed like any event (scrm.router).
+"""The welcome lane: add events carrying a WelcomeCode, routed like any event (scrm.entry.worker).
 
 A function of its own so that its concurrency and latency never depend on the backlog
 of the events queue: the WelcomeCode dies 20 seconds after the customer adds the staff.
 """
-from scrm.observability import log, metrics
-from scrm.router import handle_batch
-from scrm.tracing import tracer
+from scrm.entry.worker import handle_batch
+from scrm.platform.observability import log, metrics
+from scrm.platform.tracing import tracer
 
 metric = metrics()
 

@@ -1,7 +1,7 @@
-"""Consumes the events queue: each record is routed to its handler (scrm.router)."""
-from scrm.observability import log, metrics
-from scrm.router import handle_batch
-from scrm.tracing import tracer
+"""Consumes the events queue: each record is routed to its handler (scrm.entry.worker)."""
+from scrm.entry.worker import handle_batch
+from scrm.platform.observability import log, metrics
+from scrm.platform.tracing import tracer
 
 metric = metrics()
 

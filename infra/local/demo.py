@@ -67,8 +67,8 @@ class Demo:
         step("1. The org tree comes from WeCom's address book")
         corp = self.corp_id
         seed_store(self.sim, corp)
-        from scrm import org
-        from scrm.wecom.client import for_corp
+        from scrm.domain.org import tree as org
+        from scrm.wecom.apis.client import for_corp
 
         report = org.full_sync(for_corp(corp), corp)
         say(f"   synced {report['departments']} departments, {report['staff']} staff; "
@@ -184,8 +184,8 @@ class Demo:
     # -- the figures --------------------------------------------------------------------------
     def table(self) -> None:
         step("8. Per staff member, today")
-        from scrm.config import business_day
-        from scrm.once import counters
+        from scrm.platform.config import business_day
+        from scrm.store.once import counters
 
         day = business_day(time.time())
         head = f"   {'staff':<10}{'new customers':>15}{'welcomes sent':>15}{'coupons issued':>16}{'redeemed':>10}{'lost':>6}"

@@ -14,7 +14,12 @@ import threading
 from moto.dynamodb import models as dynamodb_models
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import Table
-from moto.server import DomainDispatcherApplication, MotoRequestHandler, ThreadedMotoServer, create_backend_app
+from moto.server import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    ThreadedMotoServer,
+    create_backend_app,
+)
 from werkzeug.serving import make_server
 
 

@@ -34,7 +34,7 @@ its module is imported (Powertools reads POWERTOOLS_SERVICE_NAME then, building 
 Metrics and Tracer); any other such variable is also set during each invocation of that
 function, under a lock that makes those invocations run one at a time. With the current
 template only POWERTOOLS_SERVICE_NAME differs, so invocations run concurrently, as separate
-Lambdas would. (scrm.observability's Logger is built once per process, so log lines carry
+Lambdas would. (scrm.platform.observability's Logger is built once per process, so log lines carry
 the service name of the function imported first.)
 """
 from __future__ import annotations
@@ -59,10 +59,10 @@ from typing import Any
 import boto3
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
-from infra.local.moto_server import LocalMotoServer
 
 from infra.local import template as tpl
 from infra.local.gateway import Gateway, JwtAuthorizer, Target
+from infra.local.moto_server import LocalMotoServer
 from infra.local.pollers import QueuePoller
 
 log = logging.getLogger("infra.local.stack")
@@ -116,7 +116,7 @@ class LambdaContext:
 
 def demo_corp(corp_id: str = DEMO_CORP_ID):
     """A throwaway corp with random credentials in WeCom's formats."""
-    from scrm.corps import CorpCredentials
+    from scrm.platform.credentials import CorpCredentials
 
     return CorpCredentials(
         corp_id=corp_id,
@@ -426,13 +426,14 @@ class LocalStack:
 
     # --- WeCom corps, HTTP, pollers -----------------------------------------------------
     def _register_corps(self) -> None:
-        from scrm import corps
+        from scrm.platform import credentials
+        from scrm.store import corps
 
         if self._corps_arg is not None:
             self.corps = list(self._corps_arg)
         elif os.environ.get("SCRM_LOCAL_CORPS"):
             with open(os.environ["SCRM_LOCAL_CORPS"], encoding="utf-8") as fh:
-                self.corps = [corps.CorpCredentials.from_json(item) for item in json.load(fh)]
+                self.corps = [credentials.CorpCredentials.from_json(item) for item in json.load(fh)]
         else:
             self.corps = [demo_corp()]
             self._demo_corp_ids = {DEMO_CORP_ID}
@@ -445,7 +446,7 @@ class LocalStack:
                     from infra.local.demo import seed_store
 
                     seed_store(self.sim, creds.corp_id)  # someone to add customers to
-        corps.forget_cache()
+        credentials.forget_cache()
 
     def callback_url(self, corp_id: str) -> str:
         return f"{self.gateway_url}/wecom/callback/{corp_id}"
@@ -652,20 +653,20 @@ def _forget_scrm_state() -> None:
 
     scrm reads settings once per process; a test session may import it before the stack
     sets the environment (or keep it after the stack restored the environment)."""
-    if "scrm.config" in sys.modules:
-        sys.modules["scrm.config"].settings.cache_clear()
-    if "scrm.corps" in sys.modules:
-        sys.modules["scrm.corps"].forget_cache()
-    if "scrm.intake" in sys.modules:
-        sys.modules["scrm.intake"].reset_clients()
-    if "scrm.wecom.client" in sys.modules:
-        sys.modules["scrm.wecom.client"].forget_caches()
-    if "scrm.once" in sys.modules:
-        sys.modules["scrm.once"].forget_connection()
-    if "scrm.ops.auth" in sys.modules:
-        sys.modules["scrm.ops.auth"].forget_cache()
-    if "scrm.models" in sys.modules:
-        entity = sys.modules["scrm.models"].Entity
+    if "scrm.platform.config" in sys.modules:
+        sys.modules["scrm.platform.config"].settings.cache_clear()
+    if "scrm.platform.credentials" in sys.modules:
+        sys.modules["scrm.platform.credentials"].forget_cache()
+    if "scrm.store.inbox" in sys.modules:
+        sys.modules["scrm.store.inbox"].reset_clients()
+    if "scrm.wecom.apis.client" in sys.modules:
+        sys.modules["scrm.wecom.apis.client"].forget_caches()
+    if "scrm.store.once" in sys.modules:
+        sys.modules["scrm.store.once"].forget_connection()
+    if "scrm.entry.ops.auth" in sys.modules:
+        sys.modules["scrm.entry.ops.auth"].forget_cache()
+    if "scrm.store.models" in sys.modules:
+        entity = sys.modules["scrm.store.models"].Entity
         if os.environ.get("TABLE_NAME"):
             entity.Meta.table_name = os.environ["TABLE_NAME"]  # what the models read at import
         # PynamoDB caches a connection (with its endpoint) per model class.

@@ -1002,7 +1002,9 @@ class WeComSimulator:
         if not deliver or not corp.callback_url:
             return []
         if corp.crypto is None:
-            from scrm.crypto import WeComCrypto  # lazy: API-only use of the simulator needs no crypto
+            from scrm.wecom.callback.crypto import (
+                WeComCrypto,  # lazy: API-only use of the simulator needs no crypto
+            )
 
             corp.crypto = WeComCrypto(corp.token, corp.encoding_aes_key, corp.corp_id)
         sep = "&" if "?" in corp.callback_url else "?"

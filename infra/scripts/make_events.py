@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scrm.crypto import WeComCrypto
+from scrm.wecom.callback.crypto import WeComCrypto
 
 SAMPLE_CORP = {
     "corp_id": "ww1436e0e65a779aee",

@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     target.configure(args)
 
-    from scrm import org
-    from scrm.errors import ScrmError
-    from scrm.wecom.client import for_corp
+    from scrm.domain.org import tree as org
+    from scrm.platform.errors import ScrmError
+    from scrm.wecom.apis.client import for_corp
 
     try:
         if args.command == "sync":

@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     target.configure(args)
 
-    from scrm.corps import CorpCredentials, register
-    from scrm.crypto import CryptoError, WeComCrypto
+    from scrm.platform.credentials import CorpCredentials
+    from scrm.store.corps import register
+    from scrm.wecom.callback.crypto import CryptoError, WeComCrypto
 
     try:
         creds = CorpCredentials.from_json(read_credentials(args.file))

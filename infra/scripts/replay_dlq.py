@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = target.configure(args)
 
-    from scrm.recovery import describe_dead_letters, replay_dead_letters
+    from scrm.entry.recovery import describe_dead_letters, replay_dead_letters
 
     for dlq_url, queue_url in names["redrives"]:
         dlq, queue = dlq_url.rsplit("/", 1)[-1], queue_url.rsplit("/", 1)[-1]

@@ -9,12 +9,12 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from scrm.domain import coupons
+from scrm.platform.config import business_day
+from scrm.store.once import counters
 
 from infra.local.demo import Demo
 from infra.local.stack import LocalStack, demo_corp
-from scrm import coupons
-from scrm.config import business_day
-from scrm.once import counters
 
 CUSTOMERS = 8
 

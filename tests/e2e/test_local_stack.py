@@ -9,22 +9,22 @@ import os
 import secrets
 import time
 import uuid
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import boto3
 import jwt
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
+from scrm.store import keys
+from scrm.store.inbox import event_item
+from scrm.wecom.callback.crypto import WeComCrypto
+from scrm.wecom.callback.events import normalize
+from scrm.wecom.callback.wxml import parse_xml
 
 from infra.local.gateway import claim_strings, http_response, match_path, parse_query
 from infra.local.pollers import failed_ids
 from infra.local.stack import plan_environment
-from scrm import keys
-from scrm.crypto import WeComCrypto
-from scrm.events import normalize
-from scrm.intake import event_item
-from scrm.wxml import parse_xml
 
 pytestmark = pytest.mark.e2e
 

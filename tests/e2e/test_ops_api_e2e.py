@@ -12,9 +12,8 @@ import uuid
 
 import pytest
 import requests
-
-from scrm import corps
-from scrm.corps import CorpCredentials
+from scrm.platform.credentials import CorpCredentials
+from scrm.store import corps
 
 pytestmark = pytest.mark.e2e
 

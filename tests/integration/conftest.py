@@ -2,7 +2,7 @@
 
 The table's schema is read from the template's ScrmTable properties, so tests run against
 exactly what is deployed. Environment (TABLE_NAME, region, fake credentials) is set by
-tests/conftest.py before anything imports scrm.models.
+tests/conftest.py before anything imports scrm.store.models.
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def table_properties() -> dict:
 
 
 def create_scrm_table() -> str:
-    """Create the table (inside an active moto mock) under the name scrm.models uses."""
-    from scrm.models import Entity
+    """Create the table (inside an active moto mock) under the name scrm.store.models uses."""
+    from scrm.store.models import Entity
 
     props = table_properties()
     name = Entity.Meta.table_name
@@ -100,8 +100,9 @@ class Aws:
 @pytest.fixture
 def aws(ddb: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     """The table and every queue, with the environment the functions read pointing at them."""
-    from scrm import corps, intake, once
-    from scrm.config import settings
+    from scrm.platform import credentials
+    from scrm.platform.config import settings
+    from scrm.store import inbox, once
 
     urls = create_queues()
     monkeypatch.setenv("EVENTS_QUEUE_URL", urls["EventsQueue"])
@@ -110,8 +111,8 @@ def aws(ddb: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 
     def reset() -> None:
         settings.cache_clear()
-        intake.reset_clients()
-        corps.forget_cache()
+        inbox.reset_clients()
+        credentials.forget_cache()
         once.forget_connection()
 
     reset()
@@ -122,15 +123,16 @@ def aws(ddb: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 @pytest.fixture
 def simulated_wecom(aws: Aws, monkeypatch: pytest.MonkeyPatch):
     """The WeCom simulator on a free loopback port, with the clients pointed at it."""
+    from scrm.platform.config import settings
+    from scrm.wecom.apis import client as wecom_client
+
     from infra.local.wecom_sim import WeComSimulator
-    from scrm import wecom
-    from scrm.config import settings
 
     sim = WeComSimulator()
     sim.start("127.0.0.1", 0)
     monkeypatch.setenv("WECOM_API_BASE", f"{sim.base_url}/cgi-bin")
     settings.cache_clear()
-    wecom.forget_caches()
+    wecom_client.forget_caches()
     yield sim
     sim.stop()
     settings.cache_clear()

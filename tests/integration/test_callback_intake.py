@@ -5,10 +5,11 @@ import json
 
 import boto3
 import pytest
+from scrm.entry import callback as intake
+from scrm.platform.credentials import CorpCredentials
+from scrm.platform.observability import metrics
+from scrm.store import corps, inbox
 
-from scrm import corps, intake
-from scrm.corps import CorpCredentials
-from scrm.observability import metrics
 from tests.support.callbacks import VECTOR_A, contact_xml, crypto, post, sample
 from tests.support.functions import LambdaContext, load_function
 
@@ -116,7 +117,7 @@ def test_the_third_party_envelope_is_accepted(corp, aws):
 
 def test_at_most_two_writes_before_the_answer(corp, aws):
     calls = []
-    for client in (intake._dynamodb(), intake._sqs()):
+    for client in (inbox._dynamodb(), inbox._sqs()):
         client.meta.events.register("before-call.*.*", lambda model, **kw: calls.append(model.name))
     call(post(contact_xml("add_external_contact")))
     assert calls == ["PutItem", "SendMessage"]
@@ -187,9 +188,9 @@ def test_bad_input_gets_a_clear_status_and_writes_nothing(corp, aws, case):
 # --- our own infrastructure failing: 5xx so that WeCom retries -----------------------------
 def test_a_failing_table_raises_so_the_gateway_answers_5xx(corp, aws):
     def fail(**kwargs):
-        raise intake.ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"}}, "PutItem")
+        raise inbox.ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"}}, "PutItem")
 
-    intake._dynamodb().meta.events.register("before-call.dynamodb.PutItem", fail)
-    with pytest.raises(intake.ClientError):
+    inbox._dynamodb().meta.events.register("before-call.dynamodb.PutItem", fail)
+    with pytest.raises(inbox.ClientError):
         call(post(contact_xml("add_external_contact")))
     assert queued(aws) == []

@@ -10,26 +10,30 @@ import time
 from typing import Iterator
 
 import pytest
-
-from infra.local.wecom_sim import WeComSimulator
-from scrm import contact_ways, keys, org
-from scrm.contact_ways import (
-    bulk_create,
+from scrm.domain.contact_ways import ways
+from scrm.domain.contact_ways.campaigns import (
     create_campaign,
-    create_contact_way,
-    decode_state,
-    delete_contact_way,
     get_campaign,
-    get_contact_way,
     list_campaigns,
-    list_contact_ways,
-    resolve_state,
     update_campaign,
+)
+from scrm.domain.contact_ways.state import decode_state, resolve_state
+from scrm.domain.contact_ways.ways import (
+    bulk_create,
+    create_contact_way,
+    delete_contact_way,
+    get_contact_way,
+    list_contact_ways,
     update_contact_way,
 )
-from scrm.errors import Conflict, Invalid, NotFound
-from scrm.models import ApiBlock, CouponTemplate
-from scrm.wecom import WeComClient, WeComError, forget_caches
+from scrm.domain.org import tree as org
+from scrm.platform.errors import Conflict, Invalid, NotFound
+from scrm.store import keys
+from scrm.store.models import ApiBlock, CouponTemplate
+from scrm.wecom.apis.client import WeComClient, forget_caches
+from scrm.wecom.apis.errors import WeComError
+
+from infra.local.wecom_sim import WeComSimulator
 from tests.integration.test_org import CORP, client_for, seed
 
 LONG_USERID = "x" * 64
@@ -211,23 +215,23 @@ def test_a_delete_retried_after_wecom_already_deleted_completes(sim, client):
 
 # --- retry safety ---------------------------------------------------------------------------
 def test_a_crash_between_wecom_and_our_write_makes_one_wecom_way(sim, client, monkeypatch):
-    complete = contact_ways._complete
+    complete = ways._complete
 
     def crash(*args, **kwargs):
         raise RuntimeError("lambda timed out")
 
-    monkeypatch.setattr(contact_ways, "_complete", crash)
+    monkeypatch.setattr(ways, "_complete", crash)
     started = time.time()
     with pytest.raises(RuntimeError):
         create_contact_way(client, CORP, owner_kind="staff", users=["zhangsan"], channel="poster", now=started)
-    monkeypatch.setattr(contact_ways, "_complete", complete)
+    monkeypatch.setattr(ways, "_complete", complete)
     assert len(wecom_ways(sim)) == 1  # WeCom made it; we hold no config_id
 
     with pytest.raises(Conflict):  # a retry while the first attempt may still be running
         create_contact_way(client, CORP, owner_kind="staff", users=["zhangsan"], channel="poster",
                            now=started + 10)
     way = create_contact_way(client, CORP, owner_kind="staff", users=["zhangsan"], channel="poster",
-                             now=started + contact_ways.LEASE_SECONDS + 1)
+                             now=started + ways.LEASE_SECONDS + 1)
 
     assert add_calls(sim) == 1
     assert list(wecom_ways(sim)) == [way.config_id]
@@ -247,7 +251,7 @@ def test_a_crash_before_wecom_was_called_creates_on_retry(sim, client, monkeypat
     monkeypatch.setattr(client, "add_contact_way", add)
 
     way = create_contact_way(client, CORP, owner_kind="staff", users=["lisi"],
-                             now=started + contact_ways.LEASE_SECONDS + 1)
+                             now=started + ways.LEASE_SECONDS + 1)
 
     assert list(wecom_ways(sim)) == [way.config_id]
 

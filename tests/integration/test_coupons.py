@@ -8,13 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
-from scrm import coupons, keys, once
-from scrm.config import business_day
-from scrm.coupons import CouponError
-from scrm.errors import Invalid
-from scrm.models import Coupon, CouponStock
-from scrm.once import counters
+from scrm.domain import coupons
+from scrm.domain.coupons import CouponError
+from scrm.platform.config import business_day
+from scrm.platform.errors import Invalid
+from scrm.store import keys, once
+from scrm.store.models import Coupon, CouponStock
+from scrm.store.once import counters
 
 CORP = "wwcoupons"
 OTHER_CORP = "wwothercorp"

@@ -14,16 +14,22 @@ from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
+from scrm.domain.contact_ways import state as states
+from scrm.domain.contact_ways import ways
+from scrm.domain.customers import events as external_contact
+from scrm.domain.customers import profile
+from scrm.domain.customers.view import customer_view
+from scrm.domain.tags import corp_tags
+from scrm.platform.credentials import CorpCredentials
+from scrm.store import corps, keys
+from scrm.store.models import Customer, Follow, Staff, TimelineEntry
+from scrm.wecom.apis.client import WeComClient
+from scrm.wecom.apis.tokens import TokenStore, default_store
+from scrm.wecom.callback.crypto import WeComCrypto
+from scrm.wecom.callback.events import CallbackEvent, normalize
+from scrm.wecom.callback.wxml import parse_xml
 
 from infra.local.wecom_sim import WeComSimulator
-from scrm import corps, customers, keys
-from scrm.corps import CorpCredentials
-from scrm.crypto import WeComCrypto
-from scrm.events import CallbackEvent, normalize
-from scrm.handlers import external_contact
-from scrm.models import Customer, Follow, Staff, TimelineEntry
-from scrm.wecom import TokenStore, WeComClient, default_store
-from scrm.wxml import parse_xml
 
 CORP = "wwcustomers0001"
 CREDS = CorpCredentials(corp_id=CORP, token="hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo",
@@ -107,8 +113,7 @@ def process(event: CallbackEvent) -> str:
 def wecom(simulated_wecom: WeComSimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[WeCom]:
     """The simulator with our corp (callbacks to an Inbox) and two staff members; clients made
     from the corp's secret (the handlers', the nightly run's) reach it too."""
-    from scrm import contact_ways
-
+    
     sim, inbox = simulated_wecom, Inbox(CREDS)
     sim.add_corp(CORP, CREDS.secret, CREDS.token, CREDS.encoding_aes_key, int(CREDS.agent_id),
                  callback_url=inbox.url)
@@ -117,12 +122,12 @@ def wecom(simulated_wecom: WeComSimulator, monkeypatch: pytest.MonkeyPatch) -> I
     default_store.cache_clear()  # a token of an earlier test's simulator would cost a refused call
     corps.register(CREDS)
     env = WeCom(sim, inbox, WeComClient(CREDS, token_store=TokenStore()))
-    # Contact ways are scrm.contact_ways' (tested there): a state in env.ways resolves to it,
+    # Contact ways are scrm.domain.contact_ways' (tested there): a state in env.ways resolves to it,
     # any other state goes to the real lookup.
-    resolve, decode = contact_ways.resolve_state, contact_ways.decode_state
-    monkeypatch.setattr(contact_ways, "resolve_state",
+    resolve, decode = states.resolve_state, states.decode_state
+    monkeypatch.setattr(states, "resolve_state",
                         lambda corp_id, state: env.ways.get(state) or resolve(corp_id, state))
-    monkeypatch.setattr(contact_ways, "decode_state", lambda state: None if state in env.ways else decode(state))
+    monkeypatch.setattr(states, "decode_state", lambda state: None if state in env.ways else decode(state))
     yield env
     inbox.stop()
     default_store.cache_clear()
@@ -256,7 +261,7 @@ def test_an_older_fetch_never_overwrites_a_newer_one(wecom):
     rel.update(actions=[Follow.synced_at.set(newer + 100), Follow.remark.set("from a later fetch")])
 
     wecom.act("edit_customer", "zhangsan", ext, remark="stale")
-    assert customers.on_contact_event(add, wecom.client) == "attributed+older_fetch"
+    assert profile.on_contact_event(add, wecom.client) == "attributed+older_fetch"
     assert follow(ext, "zhangsan").remark == "from a later fetch"
 
 
@@ -278,7 +283,7 @@ def test_transfer_fail_and_deletions_need_no_wecom_call(wecom):
 
     process(event)
     for change in ("transfer_fail", "del_external_contact", "del_follow_user"):
-        assert customers.on_contact_event(normalize(CORP, {**add.fields, "ChangeType": change}),
+        assert profile.on_contact_event(normalize(CORP, {**add.fields, "ChangeType": change}),
                                           wecom.client) == "recorded"
     assert follow(ext, "zhangsan").transfer_fail_reason == "customer_refused"
     assert dict(wecom.sim.call_counts) == calls
@@ -295,10 +300,9 @@ def test_store_comes_from_the_staff_member_when_the_state_is_not_ours(wecom):
 
 
 def test_store_and_campaign_from_a_decoded_state_when_no_way_is_stored(wecom, monkeypatch):
-    from scrm import contact_ways
-
+    
     ref = SimpleNamespace(staff="zhangsan", store_id="S7", campaign_id="c1", channel="flyer")
-    monkeypatch.setattr(contact_ways, "decode_state", lambda state: ref if state == "encoded" else None)
+    monkeypatch.setattr(states, "decode_state", lambda state: ref if state == "encoded" else None)
     ext, add = wecom.add("zhangsan", state="encoded")
 
     process(add)
@@ -317,8 +321,8 @@ def test_channel_tags_are_marked_once_even_when_asked_twice(wecom):
     ext, add = wecom.add("zhangsan")
     process(add)
 
-    assert customers.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag]) is True
-    assert customers.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag]) is False
+    assert corp_tags.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag]) is True
+    assert corp_tags.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag]) is False
 
     assert wecom.sim.call_counts["externalcontact/mark_tag"] == 1
     [listed] = wecom.sim.state(CORP)["corps"][CORP]["follows"]
@@ -345,10 +349,10 @@ def test_a_failed_mark_tag_releases_the_claim_so_the_retry_marks(wecom):
     wecom.sim.block_api("externalcontact/mark_tag", 60020)  # not a trusted IP: an operator fixes it
 
     with pytest.raises(Exception):
-        customers.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag])
+        corp_tags.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag])
     wecom.sim.block_api("externalcontact/mark_tag", None)
 
-    assert customers.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag]) is True
+    assert corp_tags.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag]) is True
     assert follow(ext, "zhangsan").tag_ids == {tag}
 
 
@@ -357,17 +361,16 @@ def test_marking_a_relation_that_is_gone_does_not_raise(wecom):
     ext, add = wecom.add("zhangsan")
     wecom.act("staff_deletes_customer", "zhangsan", ext)
 
-    assert customers.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag]) is False
-    assert customers.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag]) is False
+    assert corp_tags.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag]) is False
+    assert corp_tags.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag]) is False
     assert wecom.sim.call_counts["externalcontact/mark_tag"] == 1
 
 
 def test_an_add_through_a_contact_way_created_by_scrm_contact_ways(wecom):
-    from scrm import contact_ways
-
+    
     tag = channel_tag(wecom)
     Staff(*keys.staff(CORP, "zhangsan"), userid="zhangsan", store_id="10010").save()
-    way = contact_ways.create_contact_way(wecom.client, CORP, owner_kind="staff", users=["zhangsan"],
+    way = ways.create_contact_way(wecom.client, CORP, owner_kind="staff", users=["zhangsan"],
                                           channel="poster", tag_ids=[tag])
     wecom.sim.advance(10)
     ext = wecom.sim.add_customer(CORP, config_id=way.config_id, welcome=False)["external_userid"]
@@ -382,7 +385,8 @@ def test_an_add_through_a_contact_way_created_by_scrm_contact_ways(wecom):
 
 # --- the customer view ----------------------------------------------------------------------------
 def test_customer_view_has_profile_attribution_follows_timeline_newest_first_and_coupons(wecom):
-    from scrm import coupons, tags
+    from scrm.domain import coupons
+    from scrm.domain.tags import corp_tags as tags
 
     tag = channel_tag(wecom)
     tags.sync_corp_tags(wecom.client, CORP)
@@ -396,7 +400,7 @@ def test_customer_view_has_profile_attribution_follows_timeline_newest_first_and
                                        total_stock=10)
     code = coupons.issue(CORP, template.template_id, ext, occasion="welcome").code
 
-    view = customers.customer_view(CORP, ext, timeline_limit=2)
+    view = customer_view(CORP, ext, timeline_limit=2)
 
     assert set(view) == {"profile", "attribution", "follows", "timeline", "coupons"}
     assert (view["profile"]["name"], view["profile"]["unionid"]) == ("Li Lei", "oU9")
@@ -412,4 +416,4 @@ def test_customer_view_has_profile_attribution_follows_timeline_newest_first_and
 
 
 def test_customer_view_of_an_unknown_customer_is_none(wecom):
-    assert customers.customer_view(CORP, "wmUnknown") is None
+    assert customer_view(CORP, "wmUnknown") is None

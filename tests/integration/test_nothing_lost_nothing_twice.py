@@ -5,14 +5,16 @@ import json
 
 import boto3
 import pytest
+from scrm.entry import callback as intake
+from scrm.entry import worker as router
+from scrm.entry.recovery import sweep_pending
+from scrm.platform.config import business_day
+from scrm.platform.credentials import CorpCredentials
+from scrm.platform.observability import metrics
+from scrm.store import corps, inbox, keys
+from scrm.store.models import Event, Follow
+from scrm.store.once import counters
 
-from scrm import corps, intake, keys, router
-from scrm.config import business_day
-from scrm.corps import CorpCredentials
-from scrm.models import Event, Follow
-from scrm.observability import metrics
-from scrm.once import counters
-from scrm.recovery import sweep_pending
 from tests.support.callbacks import VECTOR_A, contact_xml, post
 
 CORP = VECTOR_A["corp_id"]
@@ -72,7 +74,7 @@ def event_status(plaintext_event: dict) -> str:
 
 def test_crash_after_persist_before_enqueue_then_wecom_resends(corp, aws):
     xml = contact_xml("add_external_contact", create_time=T0)
-    fail_once(intake._sqs(), "SendMessage")
+    fail_once(inbox._sqs(), "SendMessage")
     with pytest.raises(Injected):
         intake.handle_http(post(xml), metrics())  # no 200: WeCom will re-send
     assert work(aws) == []  # nothing was queued ...
@@ -88,7 +90,7 @@ def test_crash_after_persist_before_enqueue_then_wecom_resends(corp, aws):
 
 
 def test_crash_after_persist_and_wecom_never_resends_the_sweeper_heals(corp, aws):
-    fail_once(intake._sqs(), "SendMessage")
+    fail_once(inbox._sqs(), "SendMessage")
     with pytest.raises(Injected):
         intake.handle_http(post(contact_xml("add_external_contact", create_time=T0)), metrics())
     [row] = list(Event.scan())

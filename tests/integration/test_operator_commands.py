@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import boto3
+from scrm.entry.recovery import describe_dead_letters
+from scrm.platform import credentials
 
 from infra.scripts import register_corp, replay_dlq, target
-from scrm import corps
-from scrm.recovery import describe_dead_letters
 from tests.support.callbacks import VECTOR_A
 
 
@@ -46,8 +46,8 @@ def test_register_corp_stores_the_secret_and_never_prints_it(aws, monkeypatch, t
     assert register_corp.main(["--file", str(corp_file)]) == 0
     out = capsys.readouterr().out
     assert "registered" in out and VECTOR_A["secret"] not in out and VECTOR_A["token"] not in out
-    corps.forget_cache()
-    assert corps.load(VECTOR_A["corp_id"]).encoding_aes_key == VECTOR_A["encoding_aes_key"]
+    credentials.forget_cache()
+    assert credentials.load(VECTOR_A["corp_id"]).encoding_aes_key == VECTOR_A["encoding_aes_key"]
     assert register_corp.main(["--file", str(corp_file)]) == 0
     assert "updated" in capsys.readouterr().out
 
@@ -61,8 +61,10 @@ def test_register_corp_refuses_a_bad_encoding_aes_key(aws, monkeypatch, tmp_path
 
 
 def test_org_commands_set_a_rule_and_run_a_full_sync(aws, simulated_wecom, monkeypatch, tmp_path, capsys):
+    from scrm.platform.credentials import CorpCredentials
+    from scrm.store.corps import register
+
     from infra.scripts import org as org_command
-    from scrm.corps import CorpCredentials, register
 
     _point_at(aws, monkeypatch)
     register(CorpCredentials.from_json(VECTOR_A))

@@ -16,20 +16,23 @@ from typing import Any
 
 import pytest
 import yaml
+from scrm.domain import coupons
+from scrm.domain.contact_ways import campaigns
+from scrm.domain.org import tree as org
+from scrm.entry.ops import api, auth
+from scrm.entry.ops import campaigns as ops_campaigns
+from scrm.entry.ops import contact_ways as ops_ways
+from scrm.entry.ops import coupons as ops_coupons
+from scrm.entry.ops import org as ops_org
+from scrm.entry.ops.inputs import PAGE, Field
+from scrm.platform.credentials import CorpCredentials
+from scrm.store import corps, keys
+from scrm.store.models import Coupon, Customer, Follow, TimelineEntry
+from scrm.wecom.apis import client as wecom_client
+from scrm.wecom.apis.client import for_corp
 
 from infra.local import template as tpl
 from infra.local.gateway import Target, find_route, http_event
-from scrm import contact_ways, corps, coupons, keys, org
-from scrm.corps import CorpCredentials
-from scrm.models import Coupon, Customer, Follow, TimelineEntry
-from scrm.ops import api, auth
-from scrm.ops import campaigns as ops_campaigns
-from scrm.ops import contact_ways as ops_ways
-from scrm.ops import coupons as ops_coupons
-from scrm.ops import org as ops_org
-from scrm.ops.inputs import PAGE, Field
-from scrm.wecom import client as wecom_client
-from scrm.wecom.client import for_corp
 from tests.support.functions import LambdaContext, load_function
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -393,7 +396,7 @@ def test_an_unexpected_error_is_500_without_internals(registered, call, monkeypa
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("table arn:aws:dynamodb:secret-internals")
 
-    monkeypatch.setattr(contact_ways, "list_campaigns", broken)
+    monkeypatch.setattr(campaigns, "list_campaigns", broken)
     assert call("GET", "/ops/campaigns") == (500, {"error": "internal_error", "field": None,
                                                    "message": "internal error"})
 

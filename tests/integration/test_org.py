@@ -20,15 +20,17 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from scrm.domain.org import events as address_book
+from scrm.domain.org import tree as org
+from scrm.platform.credentials import CorpCredentials
+from scrm.platform.errors import Invalid, NotFound, ScrmError
+from scrm.store import corps, keys
+from scrm.store.models import Corp, Department, Follow, Staff
+from scrm.wecom.apis.client import WeComClient, forget_caches
+from scrm.wecom.apis.tokens import TokenStore
+from scrm.wecom.callback.events import CallbackEvent, normalize
 
 from infra.local.wecom_sim import WeComSimulator
-from scrm import keys, org
-from scrm.corps import CorpCredentials
-from scrm.errors import Invalid, NotFound, ScrmError
-from scrm.events import CallbackEvent, normalize
-from scrm.handlers import address_book
-from scrm.models import Corp, Department, Follow, Staff
-from scrm.wecom import TokenStore, WeComClient, forget_caches
 
 CORP = "wworgtest0001"
 CREDS = CorpCredentials(corp_id=CORP, token="tok", encoding_aes_key="6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt",
@@ -337,7 +339,6 @@ def test_sync_all_starts_no_corp_without_time_left_and_rotates_daily(sim):
 
 
 def test_the_scheduled_function_syncs_with_its_sample_event(simulated_wecom):
-    from scrm import corps
     from tests.support.functions import LambdaContext, load_function
 
     seed(simulated_wecom)

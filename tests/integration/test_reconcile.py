@@ -8,10 +8,11 @@ import time
 from dataclasses import dataclass
 
 import pytest
+from scrm.domain.customers import reconcile as reconciliation
+from scrm.store import keys
+from scrm.store.models import Customer, Follow, TimelineEntry
+from scrm.wecom.apis.errors import RateLimited, WeComError
 
-from scrm import customers, keys
-from scrm.models import Customer, Follow, TimelineEntry
-from scrm.wecom import RateLimited, WeComError
 from tests.integration.test_customers import CORP, WeCom, channel_tag, process, wecom  # noqa: F401
 from tests.support.functions import LambdaContext, load_function
 
@@ -28,7 +29,7 @@ def repairs(ext: str) -> list[str]:
 
 def reconcile(wecom: WeCom, **kwargs: object) -> dict:
     wecom.sim.advance(60)  # the night comes after the day's events
-    return customers.reconcile(wecom.client, CORP, now=wecom.sim.now(), **kwargs)
+    return reconciliation.reconcile(wecom.client, CORP, now=wecom.sim.now(), **kwargs)
 
 
 @dataclass
@@ -131,8 +132,8 @@ def test_half_added_and_customer_deleted_relations_are_left_alone(wecom):
 
 
 def test_many_staff_and_pages(wecom, monkeypatch):
-    monkeypatch.setattr(customers, "STAFF_PER_CALL", 2)
-    monkeypatch.setattr(customers, "PAGE_LIMIT", 2)
+    monkeypatch.setattr(reconciliation, "STAFF_PER_CALL", 2)
+    monkeypatch.setattr(reconciliation, "PAGE_LIMIT", 2)
     for n in range(5):
         wecom.sim.add_staff(CORP, f"s{n}")
     lost = [wecom.add(f"s{n % 5}", deliver=False)[0] for n in range(7)]
@@ -144,7 +145,7 @@ def test_many_staff_and_pages(wecom, monkeypatch):
 
 
 def test_a_rate_limit_mid_run_stops_and_reports_partial(wecom, monkeypatch):
-    monkeypatch.setattr(customers, "PAGE_LIMIT", 2)
+    monkeypatch.setattr(reconciliation, "PAGE_LIMIT", 2)
     for _ in range(5):
         wecom.add("zhangsan", deliver=False)
     original = wecom.client.batch_get_by_user
@@ -186,7 +187,7 @@ def test_one_staff_members_failure_does_not_stop_the_others(wecom, monkeypatch):
 
 
 def test_a_corp_wide_refusal_stops_after_max_errors(wecom, monkeypatch):
-    monkeypatch.setattr(customers, "MAX_ERRORS", 2)
+    monkeypatch.setattr(reconciliation, "MAX_ERRORS", 2)
     for n in range(4):
         wecom.sim.add_staff(CORP, f"s{n}")
     wecom.sim.block_api("externalcontact/batch/get_by_user", 48002)  # the app lost 客户联系 rights
@@ -198,7 +199,7 @@ def test_a_corp_wide_refusal_stops_after_max_errors(wecom, monkeypatch):
 
 
 def test_a_deadline_stops_at_a_group_boundary_and_the_next_call_resumes(wecom, monkeypatch):
-    monkeypatch.setattr(customers, "STAFF_PER_CALL", 1)
+    monkeypatch.setattr(reconciliation, "STAFF_PER_CALL", 1)
     lost = {userid: wecom.add(userid, deliver=False)[0] for userid in ("lisi", "zhangsan")}
 
     stopped = reconcile(wecom, deadline=time.time() - 1)
@@ -215,11 +216,11 @@ def test_nightly_walks_every_registered_corp_and_hands_over_when_out_of_time(wec
     lost, _ = wecom.add("zhangsan", deliver=False)
     handed: list[dict] = []
 
-    out_of_time = customers.nightly(None, deadline=time.time() - 1, continue_later=handed.append)
+    out_of_time = reconciliation.nightly(None, deadline=time.time() - 1, continue_later=handed.append)
     assert handed == [{"corps": [CORP], "resume_from": None, "hop": 1}]
     assert out_of_time["corps"] == [{"continued": 1, "resume_from": None}]
 
-    report = customers.nightly(handed[0], deadline=time.time() + 60, continue_later=handed.append)
+    report = reconciliation.nightly(handed[0], deadline=time.time() + 60, continue_later=handed.append)
     [corp] = report["corps"]
     assert (report["hop"], corp["corp_id"], corp["created"], corp["tags"]["groups"]) == (1, CORP, 1, 0)
     assert follow(lost, "zhangsan").status == "active"

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import pytest
+from scrm.platform.credentials import CorpCredentials
+from scrm.store import corps
 
-from scrm import corps
-from scrm.corps import CorpCredentials
 from tests.support.callbacks import VECTOR_A, sample
 from tests.support.functions import LambdaContext, load_function
 

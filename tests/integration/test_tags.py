@@ -5,11 +5,13 @@ test_customers.py's.
 """
 from __future__ import annotations
 
-from scrm import keys, tags
-from scrm.events import CallbackEvent
-from scrm.handlers import external_tag
-from scrm.models import ApiBlock, Follow, Tag, TagGroup
-from scrm.wecom import forget_caches
+from scrm.domain.tags import corp_tags as tags
+from scrm.domain.tags import events as external_tag
+from scrm.store import keys
+from scrm.store.models import ApiBlock, Follow, Tag, TagGroup
+from scrm.wecom.apis.client import forget_caches
+from scrm.wecom.callback.events import CallbackEvent
+
 from tests.integration.test_customers import CORP, WeCom, normalize, process, wecom  # noqa: F401
 
 

@@ -10,13 +10,14 @@ import time
 from typing import Callable, Iterator
 
 import pytest
+from scrm.platform.credentials import CorpCredentials
+from scrm.store import keys
+from scrm.store.models import AccessToken, ApiBlock
+from scrm.wecom.apis.client import WeComClient, forget_caches
+from scrm.wecom.apis.errors import ConfigurationError, RateLimited
+from scrm.wecom.apis.tokens import LEASE_SECONDS, REFRESH_MARGIN, TokenStore
 
 from infra.local.wecom_sim import TOKEN_TTL, WeComSimulator
-from scrm import keys
-from scrm.corps import CorpCredentials
-from scrm.models import AccessToken, ApiBlock
-from scrm.wecom import ConfigurationError, RateLimited, TokenStore, WeComClient, forget_caches
-from scrm.wecom.tokens import LEASE_SECONDS, REFRESH_MARGIN
 
 CORP, AGENT, SECRET = "wwsim", "1000002", "sim-secret"
 CREDS = CorpCredentials(corp_id=CORP, token="cbtoken", encoding_aes_key="a" * 43, secret=SECRET, agent_id=AGENT)

@@ -4,12 +4,16 @@ from __future__ import annotations
 import time
 
 import pytest
+from scrm.domain import coupons
+from scrm.domain.contact_ways import campaigns, ways
+from scrm.domain.org import tree as org
+from scrm.domain.welcome import lane as welcome
+from scrm.platform.credentials import CorpCredentials
+from scrm.store import corps, keys
+from scrm.store.models import Welcome
+from scrm.wecom.apis.client import for_corp
+from scrm.wecom.callback.events import normalize
 
-from scrm import contact_ways, corps, coupons, keys, org, welcome
-from scrm.corps import CorpCredentials
-from scrm.events import normalize
-from scrm.models import Welcome
-from scrm.wecom.client import for_corp
 from tests.support.callbacks import VECTOR_A
 
 CORP = VECTOR_A["corp_id"]
@@ -25,10 +29,10 @@ def store(aws, simulated_wecom):
     org.set_rule(CORP, {"mode": "depth", "store": 2})
     org.full_sync(for_corp(CORP), CORP)
     template = coupons.create_template(CORP, name="新客券", kind="amount", amount=1000, valid_days=7, total_stock=1)
-    campaign = contact_ways.create_campaign(CORP, name="开业", coupon_template_id=template.template_id,
+    campaign = campaigns.create_campaign(CORP, name="开业", coupon_template_id=template.template_id,
                                             welcome={"text": "欢迎！券码 {coupon_code}",
                                                      "link": {"title": "我的券", "url": "https://x.example/c"}})
-    way = contact_ways.create_contact_way(for_corp(CORP), CORP, owner_kind="staff", users=["zhangsan"],
+    way = ways.create_contact_way(for_corp(CORP), CORP, owner_kind="staff", users=["zhangsan"],
                                           campaign_id=campaign.campaign_id)
     return simulated_wecom, way, template
 

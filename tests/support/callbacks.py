@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scrm.wecom.callback.crypto import WeComCrypto
+
 from infra.scripts.make_events import SAMPLE_CORP, http_event
-from scrm.crypto import WeComCrypto
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 

@@ -26,7 +26,7 @@ FUNCTIONS = {k: r for k, r in RESOURCES.items() if r["Type"] == tpl.FUNCTION_TYP
 NAMES = set(RESOURCES) | PARAMETERS | PSEUDO
 GLOBAL_ENV = RAW.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
 
-# Read by scrm.config with a default and deliberately not in Globals: why each may be absent.
+# Read by scrm.platform.config with a default and deliberately not in Globals: why each may be absent.
 OPTIONAL_SETTINGS = {
     "WECOM_TIMEOUT": "seconds per WeCom HTTP call; the default (3 s) fits the worker's 30 s timeout",
     "PENDING_GRACE_SECONDS": "only the sweeper uses it, so only SweeperFunction sets it",
@@ -136,7 +136,7 @@ def _environment_reads(source: str) -> set[str]:
 
 
 def test_every_setting_config_reads_is_in_globals_or_documented_optional():
-    reads = _environment_reads((ROOT / "layers/shared/scrm/config.py").read_text(encoding="utf-8"))
+    reads = _environment_reads((ROOT / "layers/shared/scrm/platform/config.py").read_text(encoding="utf-8"))
     assert "TABLE_NAME" in reads, "the parser of config.py found nothing: has config.py changed shape?"
     missing = sorted(reads - set(GLOBAL_ENV) - set(OPTIONAL_SETTINGS))
     assert not missing, f"config.py reads {missing}: set them in Globals or document them in OPTIONAL_SETTINGS"

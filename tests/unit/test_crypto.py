@@ -1,4 +1,4 @@
-"""scrm.crypto against the two official vectors (FACTS §2) and hostile input."""
+"""scrm.wecom.callback.crypto against the two official vectors (FACTS §2) and hostile input."""
 from __future__ import annotations
 
 import base64
@@ -8,15 +8,14 @@ from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-from scrm.crypto import (
+from scrm.wecom.callback.crypto import (
     CryptoError,
     DecryptError,
     ReceiveIdError,
     SignatureError,
     WeComCrypto,
 )
-from scrm.wxml import parse_xml
+from scrm.wecom.callback.wxml import parse_xml
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
 import pytest
-
-from scrm.events import CallbackEvent, EventError, dedupe_key, normalize
+from scrm.wecom.callback.events import CallbackEvent, EventError, dedupe_key, normalize
 
 SELF_BUILT = {"ToUserName": "ww1", "FromUserName": "sys", "CreateTime": "1795600000", "MsgType": "event",
               "Event": "change_external_contact", "ChangeType": "add_external_contact",

@@ -2,9 +2,8 @@ import json
 import logging
 
 import pytest
-
-from scrm import keys
-from scrm.observability import MaskingFormatter, mask
+from scrm.platform.observability import MaskingFormatter, mask
+from scrm.store import keys
 
 
 def test_every_key_carries_the_corp_and_corps_cannot_collide():

@@ -6,8 +6,13 @@ import random
 import string
 
 import pytest
-
-from scrm.contact_ways import DEFAULT_CHANNEL, STATE_MAX, StateRef, decode_state, encode_state
+from scrm.domain.contact_ways.state import (
+    DEFAULT_CHANNEL,
+    STATE_MAX,
+    StateRef,
+    decode_state,
+    encode_state,
+)
 
 TOKEN = "k3x9a"
 USERID_CHARS = string.ascii_letters + string.digits + "_-@."

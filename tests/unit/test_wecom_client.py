@@ -14,23 +14,24 @@ import pytest
 import requests
 from moto import mock_aws
 from requests.adapters import BaseAdapter
-
-from scrm import keys
-from scrm.corps import CorpCredentials
-from scrm.models import AccessToken, ApiBlock
-from scrm.wecom import (
+from scrm.platform.credentials import CorpCredentials
+from scrm.store import keys
+from scrm.store.models import AccessToken, ApiBlock
+from scrm.wecom.apis import client as client_module
+from scrm.wecom.apis.client import WeComClient, forget_caches
+from scrm.wecom.apis.errors import (
     ConfigurationError,
     GoneError,
     RateLimited,
     TokenError,
-    TokenStore,
     TransientError,
-    WeComClient,
     WeComError,
-    forget_caches,
 )
-from scrm.wecom import client as client_module
-from tests.integration.conftest import create_scrm_table  # one table definition: template.yaml
+from scrm.wecom.apis.tokens import TokenStore
+
+from tests.integration.conftest import (
+    create_scrm_table,  # one table definition: template.yaml
+)
 
 BASE = "https://wecom.test/cgi-bin"
 SECRET = "s3cr3t-value"

@@ -9,12 +9,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from scrm.wecom.callback.crypto import WeComCrypto
 
 from infra.local.wecom_sim import WeComSimulator
-from scrm.crypto import WeComCrypto
 
 try:
-    from scrm.wxml import parse_xml
+    from scrm.wecom.callback.wxml import parse_xml
 except ImportError:  # only the test falls back to the stdlib parser
     import xml.etree.ElementTree as ET
 

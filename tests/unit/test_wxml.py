@@ -1,9 +1,8 @@
-"""scrm.wxml: WeCom envelopes and shapes, and refusal of hostile or malformed bodies."""
+"""scrm.wecom.callback.wxml: WeCom envelopes and shapes, and refusal of hostile or malformed bodies."""
 from __future__ import annotations
 
 import pytest
-
-from scrm.wxml import MAX_BODY, MAX_DEPTH, XmlError, parse_xml
+from scrm.wecom.callback.wxml import MAX_BODY, MAX_DEPTH, XmlError, parse_xml
 
 
 def reason_of(data: str | bytes) -> str:

@@ -1,0 +1,1 @@
+"""渠道活码 and campaigns."""

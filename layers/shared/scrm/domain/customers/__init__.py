@@ -1,0 +1,1 @@
+"""Customers, follow relations, attribution, the customer view, reconciliation."""

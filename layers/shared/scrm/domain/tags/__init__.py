@@ -1,0 +1,1 @@
+"""Corp customer tags."""

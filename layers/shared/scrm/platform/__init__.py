@@ -1,0 +1,1 @@
+"""Platform: settings, secrets, errors, logging and tracing. Imports nothing else of scrm."""

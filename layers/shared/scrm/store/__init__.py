@@ -1,0 +1,1 @@
+"""Data access: the one table (keys, models), exactly-once effects, paging, the event inbox."""

@@ -1,0 +1,1 @@
+"""WeCom server API: the client, its shared token, typed errors."""

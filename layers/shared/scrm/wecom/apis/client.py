@@ -1,0 +1,370 @@
+"""WeCom server-API client: one pooled Session, explicit timeouts, the shared token, the
+error policy of FACTS §5.8 and per-API blocks after 45009.
+
+Policy (errors.py lists the classes):
+* -1, 45033, HTTP 5xx/429, timeouts, connection errors: up to MAX_RETRIES retries with
+  exponential backoff and full jitter, never sleeping past the caller's `deadline`.
+  Calls that create something (add_contact_way, add_moment_task) are not repeated when the
+  last attempt may have taken effect (read timeout, 5xx): the caller reconciles instead.
+* 40014/42001: invalidate the token, refresh, retry once; again -> TokenError.
+* 45009: an ApiBlock row (keys.api_block) stops every worker calling that API until
+  `blocked_until`; each worker checks a process-local copy of the corp's blocks, re-read
+  with one Query at most every BLOCK_REFRESH seconds.
+* configuration errors are raised on the first answer.
+
+The access token travels only in the query string, and neither it nor the secret is ever
+logged: requests' own exceptions quote the URL, so they are not chained to ours.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import requests
+from pynamodb.exceptions import PutError
+from requests.adapters import HTTPAdapter
+from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
+
+from scrm.platform import credentials
+from scrm.platform.config import settings
+from scrm.platform.credentials import CorpCredentials
+from scrm.platform.observability import log
+from scrm.store import keys
+from scrm.store.models import ApiBlock, condition_failed
+from scrm.wecom.apis import tokens
+from scrm.wecom.apis.errors import (
+    RATE_LIMITED,
+    TOKEN_CODES,
+    TRANSIENT_CODES,
+    ConfigurationError,
+    RateLimited,
+    TokenError,
+    TransientError,
+    error_for,
+)
+
+MAX_RETRIES = 3
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 4.0
+BLOCK_REFRESH = 10.0
+MINUTE_BLOCK = 60.0
+HOUR_BLOCK = 3600.0
+DEFAULT_EXPIRES_IN = 7200.0
+
+# One Session per process: connections to WeCom are pooled across calls and clients. The
+# pool is wider than requests' default 10 so fan-out threads don't discard connections.
+_SESSION = requests.Session()
+_ADAPTER = HTTPAdapter(pool_connections=4, pool_maxsize=32)
+_SESSION.mount("https://", _ADAPTER)
+_SESSION.mount("http://", _ADAPTER)  # simulator, local proxies
+
+
+@dataclass
+class Counters:
+    calls: int = 0  # HTTP requests sent, gettoken and retries included
+    retries: int = 0  # requests repeated after a transient failure or a refused token
+    token_refreshes: int = 0  # gettoken exchanges
+
+
+totals = Counters()  # every client of this process, for benchmarks
+_count_lock = threading.Lock()
+
+
+@dataclass
+class _Blocks:
+    loaded_at: float
+    until: dict[str, float]  # api -> blocked_until, ended blocks included (see _block)
+
+
+_blocks: dict[str, _Blocks] = {}
+
+
+def forget_caches() -> None:
+    """Drop the process-local copy of the API blocks (tests, local stack resets)."""
+    _blocks.clear()
+
+
+def _errcode(data: dict) -> int:
+    return int(data.get("errcode") or 0)
+
+
+class WeComClient:
+    def __init__(self, creds: CorpCredentials, base_url: str | None = None, session: requests.Session | None = None,
+                 token_store: tokens.TokenStore | None = None, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.creds = creds
+        self.base_url = (base_url or settings().wecom_api_base).rstrip("/")
+        self._session = session or _SESSION
+        if token_store is None:
+            # The process-wide store runs on the real clock; a test clock gets its own store.
+            token_store = tokens.default_store() if clock is time.time else tokens.TokenStore(clock, sleep)
+        self.tokens = token_store
+        self._clock = clock
+        self._sleep = sleep
+        self._timeout = settings().wecom_timeout
+        self.counters = Counters()
+
+    # --- generic calls ------------------------------------------------------------------
+
+    def get(self, path: str, params: dict | None = None, *, deadline: float | None = None) -> dict:
+        """GET `path` (relative to the base URL, e.g. "user/get"); the decoded answer on errcode 0."""
+        return self._call("GET", path, params, None, deadline, idempotent=True)
+
+    def post(self, path: str, json: dict | None = None, *, params: dict | None = None,
+             deadline: float | None = None, idempotent: bool = True) -> dict:
+        """POST a JSON body. `idempotent=False`: a read timeout or 5xx is raised at once
+        (TransientError.outcome_unknown) instead of being repeated."""
+        return self._call("POST", path, params, json if json is not None else {}, deadline, idempotent)
+
+    def _call(self, method: str, path: str, params: dict | None, body: dict | None,
+              deadline: float | None, idempotent: bool) -> dict:
+        api = path.strip("/")
+        self._check_block(api)
+        token = self._token(deadline)
+        data = self._exchange(method, api, {**(params or {}), "access_token": token}, body, deadline, idempotent)
+        if _errcode(data) in TOKEN_CODES:
+            self.tokens.invalidate(self.creds.corp_id, self.creds.agent_id, token)
+            self._count("retries")
+            token = self._token(deadline)
+            data = self._exchange(method, api, {**(params or {}), "access_token": token}, body, deadline, idempotent)
+            if _errcode(data) in TOKEN_CODES:
+                raise TokenError(_errcode(data), str(data.get("errmsg", "")), api)
+        return self._settle(api, data)
+
+    def _settle(self, api: str, data: dict) -> dict:
+        code = _errcode(data)
+        if code == 0:
+            return data
+        if code == RATE_LIMITED:
+            raise self._block(api, code, str(data.get("errmsg", "")))
+        raise error_for(code, str(data.get("errmsg", "")), api)
+
+    def _exchange(self, method: str, api: str, params: dict, body: dict | None,
+                  deadline: float | None, idempotent: bool) -> dict:
+        """Send with the transient-failure retries; any other answer is returned as is."""
+        attempt = 0
+        while True:
+            try:
+                data = self._send(method, api, params, body, deadline)
+                if _errcode(data) not in TRANSIENT_CODES:
+                    return data
+                failure = TransientError(_errcode(data), str(data.get("errmsg", "")), api)
+            except TransientError as err:
+                if err.outcome_unknown and not idempotent:
+                    raise
+                failure = err
+            if attempt == MAX_RETRIES:
+                raise failure
+            delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
+            if deadline is not None and self._clock() + delay >= deadline:
+                raise failure
+            self._sleep(delay)
+            attempt += 1
+            self._count("retries")
+
+    def _send(self, method: str, api: str, params: dict, body: dict | None, deadline: float | None) -> dict:
+        timeout = self._timeout_for(api, deadline)
+        self._count("calls")
+        # `from None` below: requests' messages quote the URL, i.e. the token or the secret.
+        try:
+            resp = self._session.request(method, f"{self.base_url}/{api}", params=params, json=body, timeout=timeout)
+        except (InvalidURL, InvalidSchema, MissingSchema) as err:
+            raise ConfigurationError(-1, f"bad WeCom endpoint ({type(err).__name__}); check WECOM_API_BASE",
+                                     api) from None
+        except requests.ConnectTimeout:
+            raise TransientError(-1, "connect timeout", api) from None
+        except requests.RequestException as err:  # read timeout, reset, protocol error: maybe applied
+            raise TransientError(-1, type(err).__name__, api, outcome_unknown=True) from None
+        status = resp.status_code
+        if status >= 500 or status == 429:
+            raise TransientError(-1, f"HTTP {status}", api, http_status=status, outcome_unknown=status >= 500)
+        if status >= 400:
+            raise ConfigurationError(-1, f"HTTP {status}; check WECOM_API_BASE and proxies", api, http_status=status)
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise TransientError(-1, "answer is not a JSON object", api, http_status=status, outcome_unknown=True)
+        return data
+
+    def _timeout_for(self, api: str, deadline: float | None) -> tuple[float, float]:
+        """(connect, read) seconds, cut to what is left before the deadline."""
+        timeout = self._timeout
+        if deadline is not None:
+            left = deadline - self._clock()
+            if left <= 0:
+                raise TransientError(-1, "deadline passed", api)
+            timeout = min(timeout, left)
+        return timeout, timeout
+
+    def _count(self, name: str) -> None:
+        with _count_lock:
+            setattr(self.counters, name, getattr(self.counters, name) + 1)
+            setattr(totals, name, getattr(totals, name) + 1)
+
+    # --- token --------------------------------------------------------------------------
+
+    def _token(self, deadline: float | None) -> str:
+        return self.tokens.get(self.creds.corp_id, self.creds.agent_id, lambda: self._fetch_token(deadline), deadline)
+
+    def _fetch_token(self, deadline: float | None) -> tuple[str, float]:
+        api = "gettoken"
+        self._check_block(api)
+        self._count("token_refreshes")
+        data = self._exchange("GET", api, {"corpid": self.creds.corp_id, "corpsecret": self.creds.secret},
+                              None, deadline, idempotent=True)
+        data = self._settle(api, data)
+        return str(data["access_token"]), float(data.get("expires_in") or DEFAULT_EXPIRES_IN)
+
+    # --- 45009 blocks -------------------------------------------------------------------
+
+    def _blocks(self, api: str) -> _Blocks:
+        corp_id = self.creds.corp_id
+        now = self._clock()
+        entry = _blocks.get(corp_id)
+        if entry is None or not 0 <= now - entry.loaded_at < BLOCK_REFRESH:
+            pk = keys.api_block(corp_id, api)[0]
+            rows = ApiBlock.query(pk, ApiBlock.SK.startswith(keys.API_BLOCK_PREFIX))
+            entry = _blocks[corp_id] = _Blocks(now, {row.api: row.blocked_until for row in rows})
+        return entry
+
+    def _check_block(self, api: str) -> None:
+        until = self._blocks(api).until.get(api)
+        if until is not None and until > self._clock():
+            raise RateLimited(RATE_LIMITED, f"blocked until {until:.0f} after 45009", api, blocked_until=until)
+
+    def _block(self, api: str, errcode: int, errmsg: str) -> RateLimited:
+        """Record a 45009 for every worker. 45009 does not say which quota ran out
+        (FACTS §5.2): a block lasts the window, so assume the minute quota (60 s); hit again
+        within a minute of the previous block ending, it is the hourly quota (60 min)."""
+        now = self._clock()
+        entry = self._blocks(api)
+        previous = entry.until.get(api)
+        escalate = previous is not None and 0 <= now - previous < MINUTE_BLOCK
+        until = now + (HOUR_BLOCK if escalate else MINUTE_BLOCK)
+        pk, sk = keys.api_block(self.creds.corp_id, api)
+        try:
+            # kept an hour after it ends so that the escalation above can still see it
+            ApiBlock(pk, sk, api=api, errcode=errcode, blocked_until=until, expires_at=int(until + HOUR_BLOCK)).save(
+                condition=ApiBlock.blocked_until.does_not_exist() | (ApiBlock.blocked_until < until))
+        except PutError as err:
+            if not condition_failed(err):
+                raise
+            # another worker stored a longer block; the next refresh of the cache reads it
+        entry.until[api] = max(until, previous or 0)
+        log.warning("wecom api blocked after 45009", corp_id=self.creds.corp_id, api=api, blocked_until=until)
+        return RateLimited(errcode, errmsg, api, blocked_until=until)
+
+    # --- convenience: FACTS §5.3, §5.4, §5.6, §5.7 and the address book -----------------
+
+    def get_user(self, userid: str) -> dict:
+        return self.get("user/get", {"userid": userid})
+
+    def list_users(self, department_id: int, fetch_child: bool = False) -> dict:
+        return self.get("user/list", {"department_id": department_id, "fetch_child": 1 if fetch_child else None})
+
+    def list_departments(self, department_id: int | None = None) -> dict:
+        return self.get("department/list", {"id": department_id})
+
+    def get_follow_user_list(self) -> dict:
+        return self.get("externalcontact/get_follow_user_list")
+
+    def list_external_contacts(self, userid: str) -> dict:
+        return self.get("externalcontact/list", {"userid": userid})
+
+    def get_external_contact(self, external_userid: str) -> dict:
+        """Customer detail with every follow_user: pages (over 500 followers) are merged."""
+        data = self.get("externalcontact/get", {"external_userid": external_userid})
+        cursor = data.pop("next_cursor", "")
+        while cursor:
+            page = self.get("externalcontact/get", {"external_userid": external_userid, "cursor": cursor})
+            data.setdefault("follow_user", []).extend(page.get("follow_user", []))
+            cursor = page.get("next_cursor", "")
+        return data
+
+    def batch_get_by_user(self, userid_list: list[str], cursor: str = "", limit: int = 100) -> dict:
+        return self.post("externalcontact/batch/get_by_user",
+                         {"userid_list": userid_list, "cursor": cursor, "limit": limit})
+
+    def add_contact_way(self, **body: Any) -> dict:
+        # not repeated on an ambiguous failure: a second way would be created
+        return self.post("externalcontact/add_contact_way", body, idempotent=False)
+
+    def get_contact_way(self, config_id: str) -> dict:
+        return self.post("externalcontact/get_contact_way", {"config_id": config_id})
+
+    def update_contact_way(self, config_id: str, **changes: Any) -> dict:
+        return self.post("externalcontact/update_contact_way", {"config_id": config_id, **changes})
+
+    def del_contact_way(self, config_id: str) -> dict:
+        return self.post("externalcontact/del_contact_way", {"config_id": config_id})
+
+    def list_contact_way(self, cursor: str = "", limit: int = 1000, **window: Any) -> dict:
+        return self.post("externalcontact/list_contact_way", {"cursor": cursor, "limit": limit, **window})
+
+    def send_welcome_msg(self, welcome_code: str, text: str | None = None, attachments: list[dict] | None = None,
+                         deadline: float | None = None) -> dict:
+        """Safe to repeat: a second delivery answers 41051. Pass the 20 s window as `deadline`."""
+        body: dict[str, Any] = {"welcome_code": welcome_code}
+        if text:
+            body["text"] = {"content": text}
+        if attachments:
+            body["attachments"] = attachments
+        return self.post("externalcontact/send_welcome_msg", body, deadline=deadline)
+
+    def get_corp_tag_list(self, tag_ids: list[str] | None = None, group_ids: list[str] | None = None) -> dict:
+        body = {k: v for k, v in (("tag_id", tag_ids), ("group_id", group_ids)) if v}
+        return self.post("externalcontact/get_corp_tag_list", body)
+
+    def add_corp_tag(self, **body: Any) -> dict:
+        # repeating is harmless: WeCom merges same-named tags and groups
+        return self.post("externalcontact/add_corp_tag", body)
+
+    def mark_tag(self, userid: str, external_userid: str, add_tag: list[str] | None = None,
+                 remove_tag: list[str] | None = None) -> dict:
+        return self.post("externalcontact/mark_tag", {"userid": userid, "external_userid": external_userid,
+                                                      "add_tag": add_tag or [], "remove_tag": remove_tag or []})
+
+    def remark(self, userid: str, external_userid: str, **fields: Any) -> dict:
+        return self.post("externalcontact/remark", {"userid": userid, "external_userid": external_userid, **fields})
+
+    def transfer_customer(self, handover_userid: str, takeover_userid: str, external_userids: list[str],
+                          transfer_success_msg: str | None = None) -> dict:
+        body: dict[str, Any] = {"handover_userid": handover_userid, "takeover_userid": takeover_userid,
+                                "external_userid": external_userids}
+        if transfer_success_msg:
+            body["transfer_success_msg"] = transfer_success_msg
+        return self.post("externalcontact/transfer_customer", body)
+
+    def resigned_transfer_customer(self, handover_userid: str, takeover_userid: str,
+                                   external_userids: list[str]) -> dict:
+        return self.post("externalcontact/resigned/transfer_customer", {
+            "handover_userid": handover_userid, "takeover_userid": takeover_userid,
+            "external_userid": external_userids})
+
+    def transfer_result(self, handover_userid: str, takeover_userid: str, cursor: str = "") -> dict:
+        return self.post("externalcontact/transfer_result", {
+            "handover_userid": handover_userid, "takeover_userid": takeover_userid, "cursor": cursor})
+
+    def resigned_transfer_result(self, handover_userid: str, takeover_userid: str, cursor: str = "") -> dict:
+        return self.post("externalcontact/resigned/transfer_result", {
+            "handover_userid": handover_userid, "takeover_userid": takeover_userid, "cursor": cursor})
+
+    def get_unassigned_list(self, cursor: str = "", page_size: int = 1000) -> dict:
+        return self.post("externalcontact/get_unassigned_list", {"cursor": cursor, "page_size": page_size})
+
+    def add_moment_task(self, **body: Any) -> dict:
+        # not repeated on an ambiguous failure: a second post would be published
+        return self.post("externalcontact/add_moment_task", body, idempotent=False)
+
+    def get_moment_task_result(self, jobid: str) -> dict:
+        return self.get("externalcontact/get_moment_task_result", {"jobid": jobid})
+
+
+def for_corp(corp_id: str) -> WeComClient:
+    """A client for a registered corp: credentials cached by scrm.platform.credentials, the token shared."""
+    return WeComClient(credentials.load(corp_id))
