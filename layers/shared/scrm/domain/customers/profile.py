@@ -261,10 +261,9 @@ def on_add(event: CallbackEvent, client: WeComClient, version: int, event_action
     tagged = bool(wanted) and corp_tags.mark_channel_tags(client, corp_id, userid, external_userid, wanted,
                                                           occasion=event.event_id, first_time=first_time)
     outcome: list[str] = []
-    data, fetched_at = None, round(time.time(), 3)
+    data = None
     try:
         data = client.get_external_contact(external_userid)
-        fetched_at = round(time.time(), 3)
     except GoneError as err:
         if change != "add_half_external_contact":  # the APIs answer 84061 until the member adds back
             note(corp_id, external_userid, event.create_time, f"{event.event_id}:gone", "relation_gone", userid,
@@ -273,9 +272,10 @@ def on_add(event: CallbackEvent, client: WeComClient, version: int, event_action
     except RateLimited:
         outcome.append("profile_deferred")
     except WeComError:
-        attribute_new(corp_id, external_userid, touch, None, fetched_at)
-        record_follow(corp_id, external_userid, userid, version, event_actions, None, fetched_at)
+        attribute_new(corp_id, external_userid, touch, None, 0)
+        record_follow(corp_id, external_userid, userid, version, event_actions, None, 0)
         raise
+    fetched_at = round(time.time(), 3)
     facts = _listed(data, userid) if data is not None else None
     if facts is not None and tagged:
         facts = replace(facts, tag_ids=facts.tag_ids | set(wanted))  # the fetch may predate mark_tag
@@ -283,7 +283,7 @@ def on_add(event: CallbackEvent, client: WeComClient, version: int, event_action
                                      data["external_contact"] if data is not None else None, fetched_at)
     applied, synced = record_follow(corp_id, external_userid, userid, version, event_actions, facts, fetched_at)
     if tagged:
-        if facts is None:
+        if not synced:  # no fetch of ours stored them
             corp_tags.record_channel_tags(corp_id, userid, external_userid, wanted)
         corp_tags.remember_channel_tags(corp_id, userid, external_userid, wanted, occasion=event.event_id)
     if data is not None:
