@@ -239,7 +239,10 @@ def coupon_issued(corp_id: str, external_userid: str, source: str, occasion: str
 
 def welcome(corp_id: str, external_userid: str, userid: str, welcome_code: str) -> tuple[str, str]:
     """The welcome of one add event (a WelcomeCode is single-use, so it names the occasion)."""
-    return customer_pk(corp_id, external_userid), f"WELCOME{SEP}{userid}{SEP}{welcome_code}"
+    return customer_pk(corp_id, external_userid), f"{WELCOME_PREFIX}{userid}{SEP}{welcome_code}"
+
+
+WELCOME_PREFIX = f"WELCOME{SEP}"
 
 
 def welcome_defaults(corp_id: str) -> str:
