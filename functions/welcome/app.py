@@ -1,9 +1,9 @@
-"""The welcome lane: add events carrying a WelcomeCode, routed like any event (scrm.entry.worker).
+"""The welcome lane: add events carrying a WelcomeCode, the welcome first (scrm.entry.welcome).
 
 A function of its own so that its concurrency and latency never depend on the backlog
 of the events queue: the WelcomeCode dies 20 seconds after the customer adds the staff.
 """
-from scrm.entry.worker import handle_batch
+from scrm.entry.welcome import handle_batch
 from scrm.platform.observability import log, metrics
 from scrm.platform.tracing import tracer
 

@@ -1,4 +1,5 @@
-"""moto's threaded server, with DynamoDB requests applied one at a time.
+"""moto's threaded server, with DynamoDB requests applied one at a time and metered
+(infra.local.meter: requests and write units, for `make bench`).
 
 DynamoDB applies each request atomically; moto's in-memory backend does not lock, so two
 threads' conditional writes could both pass their check, and a transaction's rollback
@@ -22,6 +23,8 @@ from moto.server import (
 )
 from werkzeug.serving import make_server
 
+from infra.local.meter import DynamoDBMeter
+
 
 class SerializedDynamoDB:
     def __init__(self, app):
@@ -39,7 +42,7 @@ class SerializedDynamoDB:
 class LocalMotoServer(ThreadedMotoServer):
     def _server_entry(self) -> None:
         install_fast_transactions()
-        app = SerializedDynamoDB(DomainDispatcherApplication(create_backend_app))
+        app = SerializedDynamoDB(DynamoDBMeter(DomainDispatcherApplication(create_backend_app)))
         self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
         self._server_ready_event.set()
         self._server.serve_forever()

@@ -10,8 +10,8 @@ import secrets
 
 import pytest
 from scrm.domain import coupons
-from scrm.platform.config import business_day
-from scrm.store.once import counters
+from scrm.store import keys
+from scrm.store.models import Welcome
 
 from infra.local.demo import Demo
 from infra.local.stack import LocalStack, demo_corp
@@ -55,9 +55,11 @@ def test_resent_four_times_and_a_third_of_api_calls_failing_every_customer_is_we
         [welcome] = [w for w in welcomes if w["external_userid"] == external_userid]
         assert held[0].code in str(welcome)  # the welcome carried that customer's own code
     assert coupons.stock(store.corp_id, store.template_id)["issued"] == CUSTOMERS
-    day = business_day(welcomes[0]["sent_at"])
-    total = counters(store.corp_id, "corp", store.corp_id, day)
-    assert (total["new_customers"], total["welcomes_sent"], total["coupons_issued"]) == (CUSTOMERS,) * 3
+    recorded = [w for c, u in customers for w in Welcome.query(keys.customer_pk(store.corp_id, c),
+                                                               Welcome.SK.startswith(keys.WELCOME_PREFIX))]
+    assert sorted((w.external_userid, w.status) for w in recorded) == sorted((c, "sent") for c, _ in customers)
+    assert {w.coupon_code for w in recorded} == {coupons.customer_coupons(store.corp_id, c)[0].code
+                                                 for c, _ in customers}
 
 
 def test_a_customer_deleting_the_staff_member_and_a_lost_callback_healed_at_night(store):

@@ -100,6 +100,7 @@ class Aws:
 @pytest.fixture
 def aws(ddb: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     """The table and every queue, with the environment the functions read pointing at them."""
+    from scrm.domain import coupons
     from scrm.platform import credentials
     from scrm.platform.config import settings
     from scrm.store import inbox, once
@@ -114,6 +115,7 @@ def aws(ddb: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         inbox.reset_clients()
         credentials.forget_cache()
         once.forget_connection()
+        coupons.forget_templates()
 
     reset()
     yield Aws(table_name=ddb, queue_urls=urls)

@@ -114,8 +114,7 @@ def test_given_stock_when_a_coupon_is_issued_then_its_code_is_typable_and_the_st
     typed = "-".join(result.code[i:i + 4] for i in range(0, 16, 4)).lower()
     assert coupons.get_coupon(CORP, typed).code == result.code
     assert [c.code for c in coupons.customer_coupons(CORP, "wmCust1")] == [result.code]
-    assert [today("coupons_issued", s, i) for s, i in [("staff", "alice"), ("store", "s1"), ("corp", CORP)]] \
-        == [1, 1, 1]
+    assert (coupon.staff_userid, coupon.store_id) == ("alice", "s1")  # what the daily figures credit
 
 
 def test_given_the_typing_at_a_till_when_a_code_is_normalized_then_aliases_and_grouping_are_undone():
@@ -135,7 +134,6 @@ def test_given_one_campaign_customer_and_occasion_when_issued_five_times_then_on
     assert len({r.code for r in results}) == 1
     assert len(coupons.customer_coupons(CORP, "wmCust1")) == 1
     assert coupons.stock(CORP, template_id)["issued"] == 1
-    assert today("coupons_issued", "staff", "alice") == 1
 
 
 def test_given_one_occasion_when_retried_20_times_at_once_then_every_retry_gets_the_same_code(aws):
@@ -222,7 +220,6 @@ def test_given_stock_of_100_when_200_customers_claim_at_once_then_exactly_100_co
     assert coupons.stock(CORP, template_id) == {"remaining": 0, "issued": 100, "total": 100}
     assert CouponStock.get(*keys.coupon_stock(CORP, template_id)).remaining == 0
     assert sum(1 for _ in Coupon.scan(Coupon.template_id == template_id)) == 100
-    assert today("coupons_issued", "store", "s1") == 100
 
 
 def test_given_a_limit_of_one_when_one_customer_claims_20_times_at_once_then_exactly_one_coupon(aws):

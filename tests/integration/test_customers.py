@@ -261,7 +261,7 @@ def test_an_older_fetch_never_overwrites_a_newer_one(wecom):
     rel.update(actions=[Follow.synced_at.set(newer + 100), Follow.remark.set("from a later fetch")])
 
     wecom.act("edit_customer", "zhangsan", ext, remark="stale")
-    assert profile.on_contact_event(add, wecom.client) == "attributed+older_fetch"
+    assert process(add) == "attributed+older_fetch"  # the add again: its fetch is older
     assert follow(ext, "zhangsan").remark == "from a later fetch"
 
 
@@ -354,6 +354,31 @@ def test_a_failed_mark_tag_releases_the_claim_so_the_retry_marks(wecom):
 
     assert corp_tags.apply_channel_tags(wecom.client, CORP, "zhangsan", ext, [tag]) is True
     assert follow(ext, "zhangsan").tag_ids == {tag}
+
+
+class Crash(BaseException):
+    """The process dies here: no `except Exception` clause gets to clean up."""
+
+
+def test_a_crash_at_mark_tag_still_tags_the_customer_when_the_event_comes_again(wecom, monkeypatch):
+    tag = channel_tag(wecom)
+    wecom.way("poster", channel="poster", tag_ids=[tag])
+    ext, add = wecom.add("zhangsan", state="poster")
+    mark_tag = WeComClient.mark_tag
+
+    def dies(self, *args, **kwargs):
+        monkeypatch.setattr(WeComClient, "mark_tag", mark_tag)
+        raise Crash("the worker died calling mark_tag")
+
+    monkeypatch.setattr(WeComClient, "mark_tag", dies)
+    with pytest.raises(Crash):
+        process(add)
+
+    assert process(add) == "first+tagged+synced"  # SQS delivers it again
+    [listed] = wecom.sim.state(CORP)["corps"][CORP]["follows"]
+    assert listed["tag_ids"] == [tag]
+    assert follow(ext, "zhangsan").tag_ids == {tag}
+    assert process(add) == "attributed+synced"  # and once marked, never again
 
 
 def test_marking_a_relation_that_is_gone_does_not_raise(wecom):

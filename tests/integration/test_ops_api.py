@@ -24,6 +24,7 @@ from scrm.entry.ops import campaigns as ops_campaigns
 from scrm.entry.ops import contact_ways as ops_ways
 from scrm.entry.ops import coupons as ops_coupons
 from scrm.entry.ops import org as ops_org
+from scrm.entry.ops import welcome_defaults as ops_defaults
 from scrm.entry.ops.inputs import PAGE, Field
 from scrm.platform.credentials import CorpCredentials
 from scrm.store import corps, keys
@@ -152,6 +153,8 @@ def test_the_sample_events_run_as_they_are(sim, ops):
     status, error = run("redeem_coupon.json")
     assert (status, error["error"], error["field"]) == (404, "unknown_code", "code")
     assert run("no_token.json")[0] == 401
+    status, stored = run("put_welcome_defaults.json")
+    assert status == 200 and stored["stores"]["10"]["text"] == "徐汇店欢迎您！"
 
 
 def test_stores_and_staff_are_listed_a_page_at_a_time(sim, call):
@@ -302,6 +305,27 @@ def test_expired_and_not_yet_valid_coupons_are_refused(sim, call):
     assert call("POST", "/ops/coupons/redeem", {"code": early, **till})[1]["error"] == "not_yet_valid"
 
 
+def test_default_welcomes_are_set_cleared_and_read_back_in_the_shape_they_were_put(sim, call):
+    assert call("GET", "/ops/welcome-defaults") == (200, {"corp": None, "stores": {}, "next_cursor": None})
+    body = {"corp": {"text": "欢迎关注我们"},
+            "stores": {"10": {"text": "徐汇店欢迎您", "link": {"title": "到店", "url": "https://x.example/10"}},
+                       "11": {"text": "静安店欢迎您"}}}
+    assert call("PUT", "/ops/welcome-defaults", body) == (200, body)
+    status, page = call("GET", "/ops/welcome-defaults?limit=1")
+    assert status == 200 and page["corp"] == body["corp"] and page["stores"] == {"10": body["stores"]["10"]}
+    rest = call("GET", f"/ops/welcome-defaults?cursor={page['next_cursor']}")[1]
+    assert (rest["stores"], rest["next_cursor"]) == ({"11": body["stores"]["11"]}, None)
+
+    assert call("PUT", "/ops/welcome-defaults", {"stores": {"11": None}}) == (200, {"stores": {"11": None}})
+    assert call("GET", "/ops/welcome-defaults")[1] == {"corp": body["corp"], "stores": {"10": body["stores"]["10"]},
+                                                      "next_cursor": None}
+    status, error = call("PUT", "/ops/welcome-defaults", {"corp": None, "stores": {"12": {"text": "x"}, "3": {
+        "text": "not a store"}}})
+    assert (status, error["field"]) == (400, "stores.3")
+    assert call("GET", "/ops/welcome-defaults")[1]["corp"] == body["corp"]  # nothing of it was written
+    assert call("GET", "/ops/welcome-defaults", corp=B)[1] == {"corp": None, "stores": {}, "next_cursor": None}
+
+
 # --- corp isolation -----------------------------------------------------------------------
 @pytest.fixture
 def b_objects(sim, call) -> dict:
@@ -412,6 +436,7 @@ BODY_ROUTES = {  # name -> (method, path, a valid body)
     "create_template": ("POST", "/ops/coupon-templates", template_body()),
     "redeem": ("POST", "/ops/coupons/redeem", {"code": "0000-0000-0000-0000", "store_id": "10",
                                                "staff_userid": "zhangsan", "request_id": "r1"}),
+    "put_defaults": ("PUT", "/ops/welcome-defaults", {"corp": {"text": "hi"}}),
 }
 # route -> field -> bad values (MISSING: left out of the valid body). Each is missing, of the
 # wrong type, too long or malformed; the answer must be a 400 that names the field.
@@ -468,6 +493,12 @@ BAD_FIELDS: dict[str, dict[str, list]] = {
         "per_customer_limit": [0, "1", True, 1001],
         "total_stock": [MISSING, None, -1, "100", True, 10**8 + 1],
         "template_id": [5, "bad id!", "t" * 65],
+    },
+    "put_defaults": {
+        "corp": ["hi", 5, [], {}, {"text": ""}, {"text": "券 {coupon_code}"}, {"nope": 1},
+                 {"text": "hi", "without_coupon": {"text": "hi"}}],
+        "stores": [None, "x", [], {"abc": {"text": "hi"}}, {"99": {"text": "hi"}}, {"10": {"text": ""}},
+                   {"10": "hi"}, {"0": {"text": "hi"}}, {str(n): {"text": "hi"} for n in range(1, 102)}],
     },
     "redeem": {
         "code": [MISSING, 5, "", "c" * 65, "bad!code"],
@@ -548,7 +579,7 @@ def test_a_base64_body_is_decoded_first(registered, ops):
 
 
 LIST_ROUTES = ["/ops/stores", "/ops/staff", "/ops/contact-ways", "/ops/campaigns", "/ops/coupon-templates",
-               "/ops/customers/wmA1/coupons"]
+               "/ops/customers/wmA1/coupons", "/ops/welcome-defaults"]
 BAD_QUERIES = [("limit=0", "limit"), ("limit=101", "limit"), ("limit=abc", "limit"), ("limit=1.5", "limit"),
                ("limit=true", "limit"), ("limit=-1", "limit"), ("limit=", "limit"), ("limit=1&limit=2", "limit"),
                ("cursor=!!!", "cursor"), ("cursor=" + "x" * 2049, "cursor"), ("cursor=eyJhIjoxfQ", "cursor"),
@@ -588,6 +619,7 @@ BODY_SPECS: dict[tuple[str, str], dict[str, Field]] = {
     ("PATCH", "/ops/campaigns/{campaign_id}"): ops_campaigns.UPDATE,
     ("POST", "/ops/coupon-templates"): ops_coupons.TEMPLATE,
     ("POST", "/ops/coupons/redeem"): ops_coupons.REDEEM,
+    ("PUT", "/ops/welcome-defaults"): ops_defaults.PUT,
 }
 QUERY_SPECS: dict[tuple[str, str], dict[str, Field]] = {
     ("GET", "/ops/stores"): ops_org.STORES_QUERY,
@@ -596,6 +628,7 @@ QUERY_SPECS: dict[tuple[str, str], dict[str, Field]] = {
     ("GET", "/ops/campaigns"): PAGE,
     ("GET", "/ops/coupon-templates"): PAGE,
     ("GET", "/ops/customers/{external_userid}/coupons"): PAGE,
+    ("GET", "/ops/welcome-defaults"): PAGE,
 }
 
 

@@ -201,6 +201,39 @@ def test_ambiguous_failure_of_a_create_is_not_repeated(client: WeComClient, weco
     assert len(wecom.calls("externalcontact/add_contact_way")) == 1
 
 
+@pytest.mark.parametrize("first", [requests.ReadTimeout("read timed out"), 502])
+def test_a_41051_after_repeating_an_ambiguous_welcome_says_the_first_attempt_may_have_arrived(
+        client: WeComClient, wecom: FakeWeCom, first: Any) -> None:
+    wecom.script["externalcontact/send_welcome_msg"] = [first, err(41051)]
+    with pytest.raises(WeComError) as raised:
+        client.send_welcome_msg("WC1", "hello")
+    assert (raised.value.errcode, raised.value.earlier_attempt_unknown) == (41051, True)
+
+
+@pytest.mark.parametrize("first", [err(-1), err(45033), requests.ConnectTimeout("connect timed out"), 429])
+def test_a_41051_after_a_failure_that_surely_did_nothing_is_not_ours(client: WeComClient, wecom: FakeWeCom,
+                                                                      first: Any) -> None:
+    wecom.script["externalcontact/send_welcome_msg"] = [first, err(41051)]
+    with pytest.raises(WeComError) as raised:
+        client.send_welcome_msg("WC1", "hello")
+    assert (raised.value.errcode, raised.value.earlier_attempt_unknown) == (41051, False)
+
+
+def test_a_41051_at_the_first_attempt_is_not_ours(client: WeComClient, wecom: FakeWeCom) -> None:
+    wecom.script["externalcontact/send_welcome_msg"] = [err(41051)]
+    with pytest.raises(WeComError) as raised:
+        client.send_welcome_msg("WC1", "hello")
+    assert raised.value.earlier_attempt_unknown is False
+
+
+def test_transient_failures_to_the_end_say_whether_a_repeated_attempt_may_have_applied(
+        client: WeComClient, wecom: FakeWeCom) -> None:
+    wecom.script["externalcontact/send_welcome_msg"] = [requests.ReadTimeout("t"), err(-1), err(-1), err(-1)]
+    with pytest.raises(TransientError) as raised:
+        client.send_welcome_msg("WC1", "hello")
+    assert raised.value.earlier_attempt_unknown and not raised.value.outcome_unknown
+
+
 def test_unsent_create_is_retried(client: WeComClient, wecom: FakeWeCom) -> None:
     wecom.script["externalcontact/add_contact_way"] = [requests.ConnectTimeout("connect timed out"), err(-1),
                                                        {**OK, "config_id": "c1"}]

@@ -1,17 +1,23 @@
 """Coupons: templates, stock, exactly-once issue and redemption at the till.
 
-Issue is ONE TransactWriteItems (built by scrm.store.once.run_once). PynamoDB sends puts before
-updates, so the items (and their cancellation reasons) come in this order:
-  0   put Once marker of (campaign or template, customer, occasion), cause = the code issued
-        condition attribute_not_exists
+Issue is ONE TransactWriteItems. PynamoDB sends puts before updates, so the items (and their
+cancellation reasons) come in this order:
+  0   put Issued marker of (campaign or template, occasion) in the customer's partition,
+        cause = the code issued                    attribute_not_exists
   1   put Coupon                                   attribute_not_exists (code uniqueness)
   2   update CouponStock  remaining -1, issued +1  remaining > 0
   3   update CouponClaims count +1                 attribute_not_exists(count) OR count < limit
-  4+  update DailyCounter coupons_issued for staff / store / corp (scrm.store.once.bump)
-The cancellation reasons tell, in this priority: already_issued (the marker's code is handed back),
-out_of_stock, limit_reached, then a code collision (retried with a new code). Nothing is checked
-outside the transaction, so two claims can never both pass the per-customer limit, and a retry
-finds the marker and returns the code issued the first time.
+  4   the caller's `record` of what the coupon is for (the welcome's claim), if given
+The cancellation reasons tell, in this priority: unrecorded (the caller's record refused),
+already_issued (the marker's code is handed back), out_of_stock, limit_reached, then a code
+collision (retried with a new code). Nothing is checked outside the transaction, so two claims
+can never both pass the per-customer limit, and a retry finds the marker and returns the code
+issued the first time. Apart from the stock, every item is the customer's own: the marker and
+the claims count live in the customer's partition, and the coupon's row is new, under a code
+nobody else holds (it is keyed by the code so that a till finds it with one consistent read).
+The daily figures (coupons issued) are derived from the stream, never written here.
+
+Templates never change once created, so a process keeps the ones it has read.
 
 Redemption is one transaction too: the coupon goes issued -> redeemed under the condition
 `status = issued AND valid_from <= now AND valid_until >= now`, together with the coupons_redeemed
@@ -34,6 +40,7 @@ import random
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pynamodb.exceptions import TransactWriteError
@@ -43,6 +50,7 @@ from scrm.platform.config import BUSINESS_UTC_OFFSET_HOURS, business_day
 from scrm.platform.errors import ScrmError
 from scrm.store import keys, once, paging
 from scrm.store.models import Coupon, CouponClaims, CouponStock, CouponTemplate, Once
+from scrm.store.once import Write
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 CODE_LENGTH = 16  # 16 x 5 bits = 80 bits
@@ -50,7 +58,6 @@ _TYPED_ALIASES = str.maketrans({"I": "1", "L": "1", "O": "0"})
 _CODE_SHAPE = re.compile(f"[{CROCKFORD}]{{{CODE_LENGTH}}}")
 _TEMPLATE_ID_SHAPE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
-ISSUE_EFFECT = "coupon_issue"
 ISSUE_ATTEMPTS = 8  # code collisions and transaction conflicts, each retried with a fresh attempt
 REDEEM_ATTEMPTS = 5
 # Cancellation codes DynamoDB gives when the transaction lost a race, not a condition.
@@ -58,7 +65,8 @@ _RETRYABLE = {"TransactionConflict", "ThrottlingError"}
 _FAILED = "ConditionalCheckFailed"
 # Positions in the issue transaction (see the module docstring): PynamoDB sends condition checks,
 # deletes, puts, then updates, each group in the order added.
-_COUPON, _STOCK, _CLAIMS = 1, 2, 3
+_MARKER, _COUPON, _STOCK, _CLAIMS, _RECORD = 0, 1, 2, 3, 4
+TEMPLATE_CACHE_SIZE = 256
 
 _STATUS = {
     "unknown_code": 404,
@@ -87,6 +95,7 @@ class CouponError(ScrmError):
 @dataclass
 class IssueResult:
     # issued | already_issued | out_of_stock | limit_reached | template_not_found | template_expired
+    # | unrecorded (the caller's record refused: nothing issued)
     status: str
     coupon: Coupon | None = None
 
@@ -186,6 +195,24 @@ def get_template(corp_id: str, template_id: str) -> CouponTemplate:
         raise CouponError("template_not_found", f"no coupon template {template_id}") from None
 
 
+_templates: dict[tuple[str, str], CouponTemplate] = {}
+
+
+def known_template(corp_id: str, template_id: str) -> CouponTemplate:
+    """get_template, once per process: a template never changes after it is created."""
+    key = (corp_id, template_id)
+    if key not in _templates:
+        if len(_templates) >= TEMPLATE_CACHE_SIZE:
+            _templates.clear()
+        _templates[key] = get_template(corp_id, template_id)
+    return _templates[key]
+
+
+def forget_templates() -> None:
+    """For tests and the local stack, whose tables start empty again."""
+    _templates.clear()
+
+
 def list_templates(corp_id: str, *, limit: int = 50,
                    cursor: str | None = None) -> tuple[list[CouponTemplate], str | None]:
     """Newest first; pass the returned cursor back for the next page (None: no more)."""
@@ -208,14 +235,13 @@ def _end_of_business_day(ts: float) -> int:
     return (int(ts + offset) // 86400 + 1) * 86400 - 1 - offset
 
 
-def _marker_key(template_id: str, campaign_id: str | None, external_userid: str, occasion: str) -> str:
-    source = f"campaign:{campaign_id}" if campaign_id else f"template:{template_id}"
-    return f"{source}{keys.SEP}{external_userid}{keys.SEP}{occasion}"
+def _source(template_id: str, campaign_id: str | None) -> str:
+    return f"campaign:{campaign_id}" if campaign_id else f"template:{template_id}"
 
 
-def _issued_before(corp_id: str, marker_key: str) -> Coupon | None:
+def _issued_before(corp_id: str, marker_key: tuple[str, str]) -> Coupon | None:
     try:
-        marker = Once.get(*keys.once(corp_id, ISSUE_EFFECT, marker_key), consistent_read=True)
+        marker = Once.get(*marker_key, consistent_read=True)
     except Once.DoesNotExist:
         return None
     return get_coupon(corp_id, marker.cause or "")
@@ -235,16 +261,20 @@ def _backoff(attempt: int) -> None:
 
 def issue(corp_id: str, template_id: str, external_userid: str, *, occasion: str,
           campaign_id: str | None = None, staff_userid: str | None = None, store_id: str | None = None,
-          now: float | None = None) -> IssueResult:
-    """Issue one coupon, exactly once per (campaign or template, customer, occasion)."""
+          now: float | None = None, record: Callable[[str], Write] | None = None) -> IssueResult:
+    """Issue one coupon, exactly once per (campaign or template, customer, occasion).
+
+    `record(code)` is a write made in the same transaction (the welcome's claim holding the
+    code): the coupon exists if and only if the record does; if the record's condition fails,
+    nothing is issued and the status is `unrecorded`."""
     if not external_userid or not occasion:
         raise CouponError("invalid_request", "external_userid and occasion are required")
     now = int(time.time() if now is None else now)
     try:
-        template = get_template(corp_id, template_id)
+        template = known_template(corp_id, template_id)
     except CouponError:
         return IssueResult("template_not_found")
-    marker_key = _marker_key(template_id, campaign_id, external_userid, occasion)
+    marker_key = keys.coupon_issued(corp_id, external_userid, _source(template_id, campaign_id), occasion)
     if template.valid_until is not None and template.valid_until < now:
         # A retry that comes after the end date still gets the coupon it was given.
         earlier = _issued_before(corp_id, marker_key)
@@ -256,20 +286,6 @@ def issue(corp_id: str, template_id: str, external_userid: str, *, occasion: str
         valid_from, valid_until = int(template.valid_from or now), int(template.valid_until)
     stock_key = keys.coupon_stock(corp_id, template_id)
     claims_key = keys.coupon_claims(corp_id, external_userid, template_id)
-    day = business_day(now)
-    scopes = {"staff": staff_userid, "store": store_id, "corp": corp_id}
-
-    def stock_write(tx: TransactWrite) -> None:
-        tx.update(CouponStock(*stock_key), actions=[CouponStock.remaining.add(-1), CouponStock.issued.add(1)],
-                  condition=CouponStock.remaining > 0)
-
-    def claims_write(tx: TransactWrite) -> None:
-        tx.update(CouponClaims(*claims_key),
-                  actions=[CouponClaims.count.add(1), CouponClaims.entity.set(CouponClaims),
-                           CouponClaims.template_id.set(template_id),
-                           CouponClaims.external_userid.set(external_userid)],
-                  condition=CouponClaims.count.does_not_exist()
-                  | (CouponClaims.count < int(template.per_customer_limit)))
 
     for attempt in range(ISSUE_ATTEMPTS):
         code = new_code()
@@ -280,19 +296,30 @@ def issue(corp_id: str, template_id: str, external_userid: str, *, occasion: str
             valid_from=valid_from, valid_until=valid_until, staff_userid=staff_userid, store_id=store_id,
             GSI1PK=keys.coupons_of_customer(corp_id, external_userid),
             GSI1SK=keys.coupon_of_customer_sk(now, code))
-
-        def coupon_write(tx: TransactWrite, coupon: Coupon = coupon) -> None:
-            tx.save(coupon, condition=Coupon.PK.does_not_exist())
-
-        writes = [coupon_write, stock_write, claims_write,
-                  *(once.bump(corp_id, scope, scope_id, day, "coupons_issued")
-                    for scope, scope_id in scopes.items() if scope_id)]
+        marker = Once(*marker_key, effect="coupon_issue", done_at=now, cause=code,
+                      expires_at=now + once.ONCE_TTL_SECONDS)
         try:
-            if once.run_once(corp_id, ISSUE_EFFECT, marker_key, writes, cause=code, now=now):
-                return IssueResult("issued", coupon)
-            return IssueResult("already_issued", _issued_before(corp_id, marker_key))
+            with TransactWrite(connection=once.connection()) as tx:
+                tx.save(marker, condition=Once.PK.does_not_exist())
+                tx.save(coupon, condition=Coupon.PK.does_not_exist())
+                tx.update(CouponStock(*stock_key), actions=[CouponStock.remaining.add(-1),
+                                                            CouponStock.issued.add(1)],
+                          condition=CouponStock.remaining > 0)
+                tx.update(CouponClaims(*claims_key),
+                          actions=[CouponClaims.count.add(1), CouponClaims.entity.set(CouponClaims),
+                                   CouponClaims.template_id.set(template_id),
+                                   CouponClaims.external_userid.set(external_userid)],
+                          condition=CouponClaims.count.does_not_exist()
+                          | (CouponClaims.count < int(template.per_customer_limit)))
+                if record is not None:
+                    record(code)(tx)
+            return IssueResult("issued", coupon)
         except TransactWriteError as err:
             reasons = err.cancellation_reasons or []
+            if _failed(reasons, _RECORD):
+                return IssueResult("unrecorded")
+            if _failed(reasons, _MARKER):
+                return IssueResult("already_issued", _issued_before(corp_id, marker_key))
             if _failed(reasons, _STOCK):
                 return IssueResult("out_of_stock")
             if _failed(reasons, _CLAIMS):

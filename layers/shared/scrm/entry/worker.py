@@ -22,6 +22,7 @@ from scrm.domain.event_fields import Permanent
 from scrm.domain.org import events as address_book
 from scrm.domain.tags import events as external_tag
 from scrm.platform.observability import log
+from scrm.store import read_cache
 from scrm.store.event_log import finish
 from scrm.wecom.callback.events import CallbackEvent
 
@@ -41,14 +42,16 @@ def route(event: CallbackEvent) -> str:
     return handler(event) if handler else "stored"
 
 
-def process_message(body: dict, metrics: Metrics, now: float | None = None) -> str:
+def process_message(body: dict, metrics: Metrics, now: float | None = None, handler: Handler = route) -> str:
+    """One queued event through `handler` (by default `route`), its rows read once (read_cache)."""
     try:
         event = CallbackEvent.from_message(body)
     except (KeyError, TypeError, ValueError) as err:
         # Not something our callback enqueued: fail the record so it ends in the DLQ.
         raise ValueError(f"malformed queue message: {err}") from None
     try:
-        outcome = route(event)
+        with read_cache.scope():
+            outcome = handler(event)
     except Permanent as err:
         finish(event, "failed", err.reason, now)
         metrics.add_metric(name="EventsFailed", unit=MetricUnit.Count, value=1)
@@ -61,8 +64,8 @@ def process_message(body: dict, metrics: Metrics, now: float | None = None) -> s
     return outcome
 
 
-def handle_batch(event: dict, context, metrics: Metrics) -> dict:
-    """An SQS batch as Lambda delivers it: each record routed, failures reported per record."""
+def handle_batch(event: dict, context, metrics: Metrics, handler: Handler = route) -> dict:
+    """An SQS batch as Lambda delivers it: each record handled, failures reported per record."""
     return process_partial_response(
         event=event, context=context, processor=BatchProcessor(event_type=EventType.SQS),
-        record_handler=lambda record: process_message(record.json_body, metrics))
+        record_handler=lambda record: process_message(record.json_body, metrics, handler=handler))

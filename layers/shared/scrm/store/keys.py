@@ -230,9 +230,35 @@ def coupon_claims(corp_id: str, external_userid: str, template_id: str) -> tuple
     return customer_pk(corp_id, external_userid), f"CLAIMS{SEP}{template_id}"
 
 
+def coupon_issued(corp_id: str, external_userid: str, source: str, occasion: str) -> tuple[str, str]:
+    """The coupon a customer was issued for one occasion of a campaign or template (`source`
+    is `campaign:<id>` or `template:<id>`): what makes an issue happen once. In the customer's
+    partition, so that the welcome's transaction stays there (and on the stock)."""
+    return customer_pk(corp_id, external_userid), f"ISSUED{SEP}{source}{SEP}{occasion}"
+
+
 def welcome(corp_id: str, external_userid: str, userid: str, welcome_code: str) -> tuple[str, str]:
     """The welcome of one add event (a WelcomeCode is single-use, so it names the occasion)."""
-    return customer_pk(corp_id, external_userid), f"WELCOME{SEP}{userid}{SEP}{welcome_code}"
+    return customer_pk(corp_id, external_userid), f"{WELCOME_PREFIX}{userid}{SEP}{welcome_code}"
+
+
+WELCOME_PREFIX = f"WELCOME{SEP}"
+
+
+def welcome_defaults(corp_id: str) -> str:
+    """The corp's default welcomes: one item for the corp, one per store that has its own."""
+    return f"{_corp(corp_id)}{SEP}WELCOMEDEFAULTS"
+
+
+def corp_welcome_default(corp_id: str) -> tuple[str, str]:
+    return welcome_defaults(corp_id), "CORP"
+
+
+def store_welcome_default(corp_id: str, store_id: str) -> tuple[str, str]:
+    return welcome_defaults(corp_id), f"{STORE_DEFAULT_PREFIX}{store_id}"
+
+
+STORE_DEFAULT_PREFIX = f"STORE{SEP}"
 
 
 # --- moments ---------------------------------------------------------------------------

@@ -351,15 +351,29 @@ class Coupon(Entity, discriminator="Coupon"):
 
 
 class Welcome(Entity, discriminator="Welcome"):
-    """One welcome per add event: claimed before sending, so it is never sent twice."""
+    """One welcome per add event: claimed before sending, so it is never sent twice.
+
+    Only the claim's `holder` writes its outcome (scrm.domain.welcome.claim); the coupon code
+    is on the claim before the welcome is sent, so no later failure can lose it."""
 
     external_userid = UnicodeAttribute()
     userid = UnicodeAttribute()
-    status = UnicodeAttribute()  # sending | sent | failed | skipped
+    status = UnicodeAttribute()  # sending | sent | failed | skipped | unknown
+    holder = UnicodeAttribute(null=True)  # random per claim: the one worker that may record the outcome
     claimed_at = NumberAttribute()
-    lease_until = NumberAttribute()
+    lease_until = NumberAttribute()  # past the 20 s window: nobody takes a claim over while it can still send
     sent_at = NumberAttribute(null=True)
+    source = UnicodeAttribute(null=True)  # way | campaign | store_default | corp_default
+    campaign_id = UnicodeAttribute(null=True)
     coupon_code = UnicodeAttribute(null=True)
     coupon_reason = UnicodeAttribute(null=True)
     reason = UnicodeAttribute(null=True)
-    attempts = NumberAttribute(default=0)
+
+
+class WelcomeDefault(Entity, discriminator="WelcomeDefault"):
+    """The welcome a customer gets when neither the contact way nor its campaign has one."""
+
+    scope = UnicodeAttribute()  # corp | store
+    store_id = UnicodeAttribute(null=True)
+    welcome = JSONAttribute()
+    updated_at = NumberAttribute()

@@ -1,4 +1,7 @@
-"""Campaigns: a name, a welcome, a coupon template and dates; contact ways belong to one."""
+"""Campaigns: a name, a welcome, a coupon template and dates; contact ways belong to one.
+
+Outside its dates (`running`) a campaign gives nothing: neither its coupon nor its welcome
+(scrm.domain.welcome.content says what the customer gets instead)."""
 from __future__ import annotations
 
 import re
@@ -11,7 +14,7 @@ from pynamodb.exceptions import PutError, UpdateError
 from scrm.domain.contact_ways.state import TOKEN_ALPHABET
 from scrm.domain.welcome.spec import validate_welcome
 from scrm.platform.errors import Conflict, Invalid, NotFound
-from scrm.store import keys, paging
+from scrm.store import keys, paging, read_cache
 from scrm.store.models import Campaign, CouponTemplate, condition_failed
 
 CAMPAIGN_ID_LEN = 4  # generated ids are short so that a typical staff code's state fits whole
@@ -80,10 +83,18 @@ def create_campaign(corp_id: str, *, name: str, welcome: dict | None = None, cou
 
 
 def get_campaign(corp_id: str, campaign_id: str) -> Campaign:
+    """One campaign; read once per unit of work (scrm.store.read_cache)."""
     try:
-        return Campaign.get(*keys.campaign(corp_id, campaign_id))
+        return read_cache.cached("campaign", (corp_id, campaign_id),
+                                 lambda: Campaign.get(*keys.campaign(corp_id, campaign_id)))
     except Campaign.DoesNotExist:
         raise NotFound("no such campaign", "campaign_id") from None
+
+
+def running(campaign: Campaign, at: float) -> bool:
+    """Whether `at` (epoch seconds) falls within the campaign's dates: from starts_at, before ends_at."""
+    return (campaign.starts_at is None or campaign.starts_at <= at) and (campaign.ends_at is None
+                                                                         or at < campaign.ends_at)
 
 
 def list_campaigns(corp_id: str, *, limit: int = 50, cursor: str | None = None) -> tuple[list[Campaign], str | None]:

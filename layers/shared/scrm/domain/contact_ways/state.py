@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from scrm.store import keys
+from scrm.store import keys, read_cache
 from scrm.store.models import ContactWay
 
 STATE_MAX = 30
@@ -103,7 +103,9 @@ def decode_state(state: Any) -> StateRef | None:
 
 
 def resolve_state(corp_id: str, state: str) -> ContactWay | None:
-    """The contact way a customer came through (deleted ways too: attribution outlives the code)."""
+    """The contact way a customer came through (deleted ways too: attribution outlives the code);
+    read once per unit of work (scrm.store.read_cache)."""
     if decode_state(state) is None:
         return None
-    return next(iter(ContactWay.gsi2.query(keys.contact_way_by_state(corp_id, state), limit=1)), None)
+    return read_cache.cached("way_by_state", (corp_id, state), lambda: next(
+        iter(ContactWay.gsi2.query(keys.contact_way_by_state(corp_id, state), limit=1)), None))

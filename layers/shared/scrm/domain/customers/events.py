@@ -1,13 +1,19 @@
-"""change_external_contact: follow relations, the customer's timeline and daily counts."""
+"""change_external_contact: follow relations, the customer's timeline and profile.
+
+The welcome an add asks for is not sent here: events carrying a WelcomeCode go to the
+welcome lane first (scrm.entry.welcome), which then hands the event to this handler. Daily
+figures (new, lost, deleted customers) are derived from the follow's changes on the table's
+stream, never counted here: nothing in this handler touches an item shared with other
+customers.
+"""
 from __future__ import annotations
+
+from typing import Any
 
 from scrm.domain.customers import profile
 from scrm.domain.event_fields import Permanent, text, version_of
-from scrm.domain.org import tree as org
-from scrm.domain.welcome import lane as welcome
 from scrm.store import keys
 from scrm.store.models import Customer, Follow, TimelineEntry, apply_versioned
-from scrm.store.once import count_once
 from scrm.wecom.apis.client import for_corp
 from scrm.wecom.callback.events import CallbackEvent
 
@@ -26,10 +32,6 @@ STATUS = {
     "del_external_contact": "deleted_by_staff",
     "del_follow_user": "deleted_by_customer",
 }
-TRANSFER_SOURCE = "DELETE_BY_TRANSFER"
-WELCOMED = {"add_external_contact", "add_half_external_contact", "msg_audit_approved"}
-# events after which the profile, follow details and attribution are pulled from WeCom
-WITH_WECOM_CALLS = WELCOMED | {"edit_external_contact"}
 
 
 def handle(event: CallbackEvent) -> str:
@@ -41,6 +43,11 @@ def handle(event: CallbackEvent) -> str:
     if not userid or not external_userid:
         raise Permanent("missing_ids")
     corp_id = event.corp_id
+    version = version_of(event.create_time, RANK[change])
+    actions = _follow_actions(event, corp_id, external_userid, userid)
+    if change in profile.ADDS:
+        applied, outcome = profile.on_add(event, for_corp(corp_id), version, actions)
+        return f"{'applied' if applied else 'stale'},{outcome}"
 
     TimelineEntry(*keys.timeline(corp_id, external_userid, event.create_time, event.event_id),
                   external_userid=external_userid, at=event.create_time, what=change, userid=userid,
@@ -50,51 +57,26 @@ def handle(event: CallbackEvent) -> str:
         Customer.external_userid.set(external_userid),
         Customer.first_seen_at.set(Customer.first_seen_at | event.create_time),
     ])
-    applied = apply_versioned(Follow(*keys.follow(corp_id, external_userid, userid)),
-                              version_of(event.create_time, RANK[change]),
-                              _follow_actions(event, corp_id, external_userid, userid))
-    _count(event, userid)
+    applied = apply_versioned(Follow(*keys.follow(corp_id, external_userid, userid)), version, list(actions.values()))
     outcomes = ["applied" if applied else "stale"]
-    if change in WITH_WECOM_CALLS:
-        client = for_corp(corp_id)
-        if change in WELCOMED and text(fields, "WelcomeCode"):
-            outcomes.append(welcome.send_for(event, client))  # first: it has a 20-second window
-        outcomes.append(profile.on_contact_event(event, client))
+    if change in profile.FETCHES:
+        outcomes.append(profile.on_contact_event(event, for_corp(corp_id)))
     return ",".join(outcomes)
 
 
-def _follow_actions(event: CallbackEvent, corp_id: str, external_userid: str, userid: str) -> list:
+def _follow_actions(event: CallbackEvent, corp_id: str, external_userid: str, userid: str) -> dict[str, Any]:
+    """The follow's update actions for what the event says, by attribute name."""
     change, fields = event.change_type, event.fields
-    actions = [
-        Follow.external_userid.set(external_userid),
-        Follow.userid.set(userid),
-        Follow.GSI1PK.set(keys.follows_of_staff(corp_id, userid)),
-        Follow.GSI1SK.set(f"{keys.FOLLOW_PREFIX}{external_userid}"),
-    ]
-    if change in STATUS:
-        actions.append(Follow.status.set(STATUS[change]))
-    else:
-        actions.append(Follow.status.set(Follow.status | "active"))
+    actions = {k: v for k, v in profile.identity(corp_id, external_userid, userid).items() if k != "entity"}
+    actions["status"] = Follow.status.set(STATUS[change]) if change in STATUS else Follow.status.set(
+        Follow.status | "active")
     if change in ("add_external_contact", "add_half_external_contact"):
-        actions.append(Follow.added_at.set(event.create_time))
-        actions.append(Follow.delete_source.remove())
+        actions["added_at"] = Follow.added_at.set(event.create_time)
+        actions["delete_source"] = Follow.delete_source.remove()
         state = text(fields, "State")
-        actions.append(Follow.state.set(state) if state else Follow.state.remove())
+        actions["state"] = Follow.state.set(state) if state else Follow.state.remove()
     if change == "del_external_contact":
-        actions.append(Follow.delete_source.set(text(fields, "Source") or "staff"))
+        actions["delete_source"] = Follow.delete_source.set(text(fields, "Source") or "staff")
     if change == "transfer_fail":
-        actions.append(Follow.transfer_fail_reason.set(text(fields, "FailReason") or "unknown"))
+        actions["transfer_fail_reason"] = Follow.transfer_fail_reason.set(text(fields, "FailReason") or "unknown")
     return actions
-
-
-def _count(event: CallbackEvent, userid: str) -> None:
-    change = event.change_type
-    if change in ("add_external_contact", "add_half_external_contact"):
-        metric = "new_customers"
-    elif change == "del_follow_user":
-        metric = "lost_customers"
-    elif change == "del_external_contact" and event.fields.get("Source") != TRANSFER_SOURCE:
-        metric = "deleted_customers"
-    else:
-        return
-    count_once(event.corp_id, event.event_id, metric, org.scopes_of(event.corp_id, userid), event.create_time)

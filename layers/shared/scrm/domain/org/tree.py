@@ -40,7 +40,7 @@ from pynamodb.models import Model
 from scrm.domain.event_fields import version_of
 from scrm.platform.errors import Invalid, NotFound, ScrmError
 from scrm.platform.observability import log
-from scrm.store import keys, paging
+from scrm.store import keys, paging, read_cache
 from scrm.store.corps import registered
 from scrm.store.models import (
     Corp,
@@ -404,13 +404,18 @@ def sync_all(make_client: Callable[[str], WeComClient] = for_corp, now: float | 
 
 
 # --- reads ----------------------------------------------------------------------------------
-def store_of(corp_id: str, userid: str) -> dict | None:
-    """{store_id, region_id, branch_id} of a staff member; None if unknown or in no store."""
+def _staff_row(corp_id: str, userid: str) -> Staff | None:
     try:
-        staff = Staff.get(*keys.staff(corp_id, userid))
+        return Staff.get(*keys.staff(corp_id, userid))
     except Staff.DoesNotExist:
         return None
-    if not staff.store_id:
+
+
+def store_of(corp_id: str, userid: str) -> dict | None:
+    """{store_id, region_id, branch_id} of a staff member; None if unknown or in no store.
+    The staff row is read once per unit of work (scrm.store.read_cache)."""
+    staff = read_cache.cached("staff", (corp_id, userid), lambda: _staff_row(corp_id, userid))
+    if staff is None or not staff.store_id:
         return None
     return {"store_id": staff.store_id, "region_id": staff.region_id, "branch_id": staff.branch_id}
 

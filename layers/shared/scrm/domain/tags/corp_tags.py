@@ -17,7 +17,7 @@ from pynamodb.exceptions import UpdateError
 
 from scrm.store import keys
 from scrm.store.models import Follow, Once, Tag, TagGroup, condition_failed, update_if
-from scrm.store.once import run_once
+from scrm.store.once import ONCE_TTL_SECONDS
 from scrm.wecom.apis.client import WeComClient
 from scrm.wecom.apis.errors import GoneError
 
@@ -156,35 +156,65 @@ def forget_group(corp_id: str, group_id: str) -> int:
 
 
 # --- tags our rules set ------------------------------------------------------------------
-def apply_channel_tags(client: WeComClient, corp_id: str, userid: str, external_userid: str,
-                       tag_ids: list[str], *, occasion: str = "") -> bool:
-    """Mark `tag_ids` on one follow relation once per (follow, tag set, occasion); True if
-    marked now.
-
-    mark_tag cannot join a DynamoDB transaction, so the once-marker is claimed first and the
-    call made after: a retry finding the claim treats the tags as marked. A failed call
-    releases the claim so that the retry marks them; a relation that is gone (84061) keeps
-    the claim, as there is nothing left to tag. The event's add is a good `occasion`: a
-    customer who deletes and re-adds gets the channel tags again.
-    """
+def _marker(corp_id: str, userid: str, external_userid: str, tag_ids: list[str], occasion: str) -> tuple[str, str]:
     wanted = sorted(set(tag_ids))
-    if not wanted:
-        return False
     digest = hashlib.blake2s(",".join(wanted).encode(), digest_size=8).hexdigest()
-    key = f"{userid}{keys.SEP}{external_userid}{keys.SEP}{digest}{keys.SEP}{occasion}"
-    if not run_once(corp_id, CHANNEL_TAGS_EFFECT, key, [], cause=occasion or None):
+    return keys.once(corp_id, CHANNEL_TAGS_EFFECT,
+                     f"{userid}{keys.SEP}{external_userid}{keys.SEP}{digest}{keys.SEP}{occasion}")
+
+
+def mark_channel_tags(client: WeComClient, corp_id: str, userid: str, external_userid: str, tag_ids: list[str],
+                      *, occasion: str, first_time: bool = False) -> bool:
+    """mark_tag `tag_ids` on one follow relation unless they were marked for `occasion` before;
+    True if marked now: the caller then stores them on the follow and remember_channel_tags.
+
+    mark_tag is idempotent and cannot join a DynamoDB transaction, so it goes first and the
+    marker after (a crash between them marks again on the retry: at least once, never lost).
+    The marker is what keeps a late retry from re-adding a tag the staff member removed since.
+    `first_time`: the caller knows the occasion is new (its timeline entry was just written),
+    so there is no marker to look for. A relation that is gone (84061) is remembered as done:
+    there is nothing left to tag."""
+    if not tag_ids:
         return False
+    if not first_time:
+        try:
+            Once.get(*_marker(corp_id, userid, external_userid, tag_ids, occasion), consistent_read=True)
+            return False
+        except Once.DoesNotExist:
+            pass
     try:
-        client.mark_tag(userid, external_userid, add_tag=wanted)
+        client.mark_tag(userid, external_userid, add_tag=sorted(set(tag_ids)))
     except GoneError:
+        remember_channel_tags(corp_id, userid, external_userid, tag_ids, occasion=occasion)
         return False
-    except Exception:
-        Once(*keys.once(corp_id, CHANNEL_TAGS_EFFECT, key)).delete()  # the retry claims again
-        raise
+    return True
+
+
+def record_channel_tags(corp_id: str, userid: str, external_userid: str, tag_ids: list[str]) -> None:
+    """Add the tags to our follow row (when no fetch of the relation stores them)."""
     try:
         Follow(*keys.follow(corp_id, external_userid, userid)).update(
-            actions=[Follow.tag_ids.add(set(wanted))], condition=Follow.PK.exists())
+            actions=[Follow.tag_ids.add(set(tag_ids))], condition=Follow.PK.exists())
     except UpdateError as err:
         if not condition_failed(err):
             raise
+
+
+def remember_channel_tags(corp_id: str, userid: str, external_userid: str, tag_ids: list[str], *,
+                          occasion: str) -> None:
+    pk, sk = _marker(corp_id, userid, external_userid, tag_ids, occasion)
+    now = int(time.time())
+    Once(pk, sk, effect=CHANNEL_TAGS_EFFECT, done_at=now, cause=occasion or None,
+         expires_at=now + ONCE_TTL_SECONDS).save()
+
+
+def apply_channel_tags(client: WeComClient, corp_id: str, userid: str, external_userid: str,
+                       tag_ids: list[str], *, occasion: str = "") -> bool:
+    """Mark `tag_ids` on one follow relation once per (follow, tag set, occasion); True if
+    marked now. The event's add is a good `occasion`: a customer who deletes and re-adds gets
+    the channel tags again."""
+    if not mark_channel_tags(client, corp_id, userid, external_userid, tag_ids, occasion=occasion):
+        return False
+    record_channel_tags(corp_id, userid, external_userid, tag_ids)
+    remember_channel_tags(corp_id, userid, external_userid, tag_ids, occasion=occasion)
     return True

@@ -3,7 +3,9 @@ error policy of FACTS §5.8 and per-API blocks after 45009.
 
 Policy (errors.py lists the classes):
 * -1, 45033, HTTP 5xx/429, timeouts, connection errors: up to MAX_RETRIES retries with
-  exponential backoff and full jitter, never sleeping past the caller's `deadline`.
+  exponential backoff and full jitter, never sleeping past the caller's `deadline`. An error
+  raised after a repeat of an attempt that may have taken effect (read timeout, 5xx) says so
+  (`earlier_attempt_unknown`): for send_welcome_msg, a final 41051 is then our own welcome.
   Calls that create something (add_contact_way, add_moment_task) are not repeated when the
   last attempt may have taken effect (read timeout, 5xx): the caller reconciles instead.
 * 40014/42001: invalidate the token, refresh, retry once; again -> TokenError.
@@ -43,6 +45,7 @@ from scrm.wecom.apis.errors import (
     RateLimited,
     TokenError,
     TransientError,
+    WeComError,
     error_for,
 )
 
@@ -124,15 +127,22 @@ class WeComClient:
         api = path.strip("/")
         self._check_block(api)
         token = self._token(deadline)
-        data = self._exchange(method, api, {**(params or {}), "access_token": token}, body, deadline, idempotent)
+        data, unknown = self._exchange(method, api, {**(params or {}), "access_token": token}, body, deadline,
+                                       idempotent)
         if _errcode(data) in TOKEN_CODES:
             self.tokens.invalidate(self.creds.corp_id, self.creds.agent_id, token)
             self._count("retries")
             token = self._token(deadline)
-            data = self._exchange(method, api, {**(params or {}), "access_token": token}, body, deadline, idempotent)
+            data, again = self._exchange(method, api, {**(params or {}), "access_token": token}, body, deadline,
+                                         idempotent)
+            unknown = unknown or again
             if _errcode(data) in TOKEN_CODES:
                 raise TokenError(_errcode(data), str(data.get("errmsg", "")), api)
-        return self._settle(api, data)
+        try:
+            return self._settle(api, data)
+        except WeComError as err:
+            err.earlier_attempt_unknown = unknown
+            raise
 
     def _settle(self, api: str, data: dict) -> dict:
         code = _errcode(data)
@@ -143,19 +153,21 @@ class WeComClient:
         raise error_for(code, str(data.get("errmsg", "")), api)
 
     def _exchange(self, method: str, api: str, params: dict, body: dict | None,
-                  deadline: float | None, idempotent: bool) -> dict:
-        """Send with the transient-failure retries; any other answer is returned as is."""
-        attempt = 0
+                  deadline: float | None, idempotent: bool) -> tuple[dict, bool]:
+        """Send with the transient-failure retries; any other answer is returned as is, with
+        whether an attempt repeated here may have taken effect (it timed out reading or got a 5xx)."""
+        attempt, unknown = 0, False
         while True:
             try:
                 data = self._send(method, api, params, body, deadline)
                 if _errcode(data) not in TRANSIENT_CODES:
-                    return data
+                    return data, unknown
                 failure = TransientError(_errcode(data), str(data.get("errmsg", "")), api)
             except TransientError as err:
                 if err.outcome_unknown and not idempotent:
                     raise
                 failure = err
+            failure.earlier_attempt_unknown = unknown
             if attempt == MAX_RETRIES:
                 raise failure
             delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
@@ -163,6 +175,7 @@ class WeComClient:
                 raise failure
             self._sleep(delay)
             attempt += 1
+            unknown = unknown or failure.outcome_unknown
             self._count("retries")
 
     def _send(self, method: str, api: str, params: dict, body: dict | None, deadline: float | None) -> dict:
@@ -215,8 +228,8 @@ class WeComClient:
         api = "gettoken"
         self._check_block(api)
         self._count("token_refreshes")
-        data = self._exchange("GET", api, {"corpid": self.creds.corp_id, "corpsecret": self.creds.secret},
-                              None, deadline, idempotent=True)
+        data, _ = self._exchange("GET", api, {"corpid": self.creds.corp_id, "corpsecret": self.creds.secret},
+                                 None, deadline, idempotent=True)
         data = self._settle(api, data)
         return str(data["access_token"]), float(data.get("expires_in") or DEFAULT_EXPIRES_IN)
 
@@ -308,7 +321,8 @@ class WeComClient:
 
     def send_welcome_msg(self, welcome_code: str, text: str | None = None, attachments: list[dict] | None = None,
                          deadline: float | None = None) -> dict:
-        """Safe to repeat: a second delivery answers 41051. Pass the 20 s window as `deadline`."""
+        """Safe to repeat: a second delivery answers 41051 (then `earlier_attempt_unknown` on the
+        error says whether the first may have been ours). Pass the 20 s window as `deadline`."""
         body: dict[str, Any] = {"welcome_code": welcome_code}
         if text:
             body["text"] = {"content": text}

@@ -42,6 +42,10 @@ class WeComError(Exception):
         self.errmsg = errmsg
         self.api = api
         self.http_status = http_status
+        # Set by the client when it repeated this call after an attempt whose outcome it
+        # could not know (read timeout, 5xx): that attempt may have taken effect, so a
+        # "done already" answer (41051 for a welcome) may be our own earlier call arriving.
+        self.earlier_attempt_unknown = False
         super().__init__(f"{api or 'wecom'}: errcode {errcode}: {errmsg}")
 
 
