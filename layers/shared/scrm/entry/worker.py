@@ -1,8 +1,10 @@
 """The worker's dispatch: one queued event in, its handler run, its row marked processed.
 
-A handler raising `Permanent` marks the event failed (it is kept and visible; retrying
-cannot help); any other exception propagates so the batch reports the record as failed
-and SQS delivers it again, then to the dead-letter queue.
+An event that can never be applied is marked failed (it is kept and visible; retrying
+cannot help): a handler raising `Permanent`, ids WeCom would never send (an event queued
+before the callback checked them), or DynamoDB refusing the request itself. Any other
+exception propagates so the batch reports the record as failed and SQS delivers it again,
+then to the dead-letter queue.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from scrm.domain.org import events as address_book
 from scrm.domain.tags import events as external_tag
 from scrm.platform.observability import log
 from scrm.store.event_log import finish
+from scrm.store.models import invalid_request
+from scrm.wecom.callback import ids
 from scrm.wecom.callback.events import CallbackEvent
 
 Handler = Callable[[CallbackEvent], str]
@@ -41,6 +45,19 @@ def route(event: CallbackEvent) -> str:
     return handler(event) if handler else "stored"
 
 
+def _apply(event: CallbackEvent) -> str:
+    try:
+        ids.check(event.event_type, event.fields)
+    except ids.InvalidId as err:
+        raise Permanent(err.reason) from None
+    try:
+        return route(event)
+    except Exception as err:
+        if invalid_request(err):
+            raise Permanent("refused_by_dynamodb") from err
+        raise
+
+
 def process_message(body: dict, metrics: Metrics, now: float | None = None) -> str:
     try:
         event = CallbackEvent.from_message(body)
@@ -48,11 +65,12 @@ def process_message(body: dict, metrics: Metrics, now: float | None = None) -> s
         # Not something our callback enqueued: fail the record so it ends in the DLQ.
         raise ValueError(f"malformed queue message: {err}") from None
     try:
-        outcome = route(event)
+        outcome = _apply(event)
     except Permanent as err:
         finish(event, "failed", err.reason, now)
         metrics.add_metric(name="EventsFailed", unit=MetricUnit.Count, value=1)
-        log.warning("event failed", extra={"event_id": event.event_id, "kind": event.kind, "reason": err.reason})
+        log.warning("event failed", extra={"event_id": event.event_id, "kind": event.kind, "reason": err.reason,
+                                           "cause": str(err.__cause__)[:300] if err.__cause__ else None})
         return "failed"
     finish(event, "processed", outcome, now)
     metrics.add_metric(name="EventsProcessed", unit=MetricUnit.Count, value=1)

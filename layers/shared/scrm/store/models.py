@@ -24,11 +24,22 @@ from pynamodb.models import Model
 
 TTL_ATTRIBUTE = "expires_at"
 CONDITION_FAILED = "ConditionalCheckFailedException"
+INVALID_REQUEST = "ValidationException"
 
 
 def condition_failed(err: Exception) -> bool:
     """Whether a PynamoDB write error is a failed condition (not an outage)."""
     return getattr(err, "cause_response_code", None) == CONDITION_FAILED
+
+
+def invalid_request(err: Exception) -> bool:
+    """Whether DynamoDB refused the request itself (a key over 2,048 bytes, an item over
+    400 KB, ...): the same request fails the same way every time, so retrying cannot help.
+    Sees PynamoDB's errors and botocore's."""
+    code = getattr(err, "cause_response_code", None)
+    if code is None:
+        code = (getattr(err, "response", None) or {}).get("Error", {}).get("Code")
+    return code == INVALID_REQUEST
 
 
 def update_if(row: Model, actions: list, condition) -> bool:
