@@ -77,6 +77,7 @@ def test_sample_add_event_is_stored_and_queued_once(corp, aws):
     [row] = event_rows(aws)
     assert row["status"]["S"] == "received"
     assert row["change_type"]["S"] == "add_external_contact"
+    assert "GSI1PK" not in row and "GSI1SK" not in row  # no by-day index: nothing reads it
     [message] = queued(aws)
     assert message["event_id"] == row["event_id"]["S"]
     assert message["fields"]["ExternalUserID"] == "wmSampleCustomer0001"

@@ -14,7 +14,7 @@ from functools import lru_cache
 import boto3
 from botocore.exceptions import ClientError
 
-from scrm.platform.config import business_day, settings
+from scrm.platform.config import settings
 from scrm.store import keys
 from scrm.wecom.callback.events import CallbackEvent
 
@@ -42,7 +42,6 @@ def reset_clients() -> None:
 def event_item(event: CallbackEvent, now: float) -> dict:
     """The Event row as DynamoDB attribute values (same shape as scrm.store.models.Event)."""
     pk, sk = keys.event(event.corp_id, event.event_id)
-    day = business_day(event.create_time)
     item = {
         "PK": {"S": pk},
         "SK": {"S": sk},
@@ -56,8 +55,6 @@ def event_item(event: CallbackEvent, now: float) -> dict:
         "status": {"S": "received"},
         "fields": {"S": json.dumps(event.fields, ensure_ascii=False)},
         "deliveries": {"N": "1"},
-        "GSI1PK": {"S": keys.events_by_day(event.corp_id, day)},
-        "GSI1SK": {"S": keys.events_by_day_sk(event.create_time, event.event_id)},
         "GSI2PK": {"S": keys.pending(event.event_id)},
         "GSI2SK": {"S": f"{int(now):010d}"},
         "expires_at": {"N": str(int(now) + EVENT_TTL_SECONDS)},

@@ -49,15 +49,6 @@ def event(corp_id: str, event_id: str) -> tuple[str, str]:
     return f"{_corp(corp_id)}{SEP}EVENT{SEP}{event_id}", "EVENT"
 
 
-def events_by_day(corp_id: str, day: str) -> str:
-    """GSI1PK: one corp's events of one UTC day (yyyy-mm-dd), GSI1SK = create_time#event_id."""
-    return f"{_corp(corp_id)}{SEP}EVENTS{SEP}{day}"
-
-
-def events_by_day_sk(create_time: int, event_id: str) -> str:
-    return f"{create_time:010d}{SEP}{event_id}"
-
-
 def pending(event_id: str) -> str:
     """GSI2PK of an event not yet processed (removed once processed)."""
     return f"PENDING{SEP}{shard_of(event_id, PENDING_SHARDS)}"
