@@ -75,7 +75,8 @@ def test_sample_add_event_is_stored_and_queued_once(corp, aws):
     answer = handler(sample("callback/add_external_contact.json"), LambdaContext())
     assert answer == {"statusCode": 200, "headers": {"Content-Type": "text/plain; charset=utf-8"}, "body": ""}
     [row] = event_rows(aws)
-    assert row["status"]["S"] == "received"
+    assert row["status"]["S"] == "queued"  # its message is out, noted on the row
+    assert "GSI2PK" not in row  # so the sweeper never sends it again
     assert row["change_type"]["S"] == "add_external_contact"
     assert "GSI1PK" not in row and "GSI1SK" not in row  # no by-day index: nothing reads it
     [message] = queued(aws)
@@ -117,12 +118,35 @@ def test_the_third_party_envelope_is_accepted(corp, aws):
     assert (row["kind"]["S"], row["change_type"]["S"]) == ("external_contact", "del_follow_user")
 
 
-def test_at_most_two_writes_before_the_answer(corp, aws):
+def test_three_writes_before_the_answer_the_row_the_message_and_that_it_was_sent(corp, aws):
     calls = []
     for client in (inbox._dynamodb(), inbox._sqs()):
         client.meta.events.register("before-call.*.*", lambda model, **kw: calls.append(model.name))
     call(post(contact_xml("add_external_contact")))
-    assert calls == ["PutItem", "SendMessage"]
+    assert calls == ["PutItem", "SendMessage", "UpdateItem"]
+
+
+def test_a_duplicate_of_a_queued_event_sends_no_second_message_however_late(corp, aws):
+    """Before: every copy of an event still waiting in a backlog was queued again."""
+    xml = contact_xml("add_external_contact")
+    first = post(xml)
+    call(first)
+    late_copy = post(xml)
+    late_copy["requestContext"]["timeEpoch"] = first["requestContext"]["timeEpoch"] + 60_000
+    assert call(late_copy)["statusCode"] == 200
+    assert len(queued(aws)) == 1
+
+
+def test_failing_to_note_the_message_still_answers_200(corp, aws):
+    """The message is out, so the event is safe: WeCom must not re-send it for that."""
+    def fail(**kwargs):
+        raise inbox.ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"}}, "UpdateItem")
+
+    inbox._dynamodb().meta.events.register("before-call.dynamodb.UpdateItem", fail)
+    assert call(post(contact_xml("add_external_contact")))["statusCode"] == 200
+    [row] = event_rows(aws)
+    assert row["status"]["S"] == "received" and "GSI2PK" in row  # left for the sweeper, after its grace
+    assert len(queued(aws)) == 1
 
 
 # --- bad input: a clear status and nothing written ------------------------------------------

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 
 SEP = "#"
-# Sparse index of events still waiting for the worker, spread over shards so that a
-# burst of callbacks does not pile onto one GSI partition.
+# Sparse index of events stored but not yet known to be queued, spread over shards so that
+# a burst of callbacks does not pile onto one GSI partition.
 PENDING_SHARDS = 10
 
 
@@ -50,8 +50,13 @@ def event(corp_id: str, event_id: str) -> tuple[str, str]:
 
 
 def pending(event_id: str) -> str:
-    """GSI2PK of an event not yet processed (removed once processed)."""
+    """GSI2PK of an event stored but not yet known to be queued (removed once it is)."""
     return f"PENDING{SEP}{shard_of(event_id, PENDING_SHARDS)}"
+
+
+def pending_sk(received_at: float) -> str:
+    """GSI2SK of a pending event: when it was received, zero-padded so it sorts as a number."""
+    return f"{int(received_at):010d}"
 
 
 def pending_shards() -> list[str]:

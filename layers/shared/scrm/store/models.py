@@ -127,12 +127,18 @@ class Event(Entity, discriminator="Event"):
     change_type = UnicodeAttribute(null=True)
     create_time = NumberAttribute()
     received_at = NumberAttribute()
-    status = UnicodeAttribute()  # received -> processed | failed
+    # received (stored, not yet known to be queued) -> queued -> processed | failed | dead
+    status = UnicodeAttribute()
     fields = JSONAttribute()
     deliveries = NumberAttribute(default=1)
+    queued_at = NumberAttribute(null=True)
     processed_at = NumberAttribute(null=True)
-    outcome = UnicodeAttribute(null=True)
-    error = UnicodeAttribute(null=True)
+    outcome = UnicodeAttribute(null=True)  # processed: what the handler did; failed: why it never can
+    error = UnicodeAttribute(null=True)  # the last failed attempt's error
+    failed_at = NumberAttribute(null=True)
+    receives = NumberAttribute(null=True)  # SQS receives of the message at that attempt
+    dead_at = NumberAttribute(null=True)  # when its message went to a dead-letter queue
+    replayed_at = NumberAttribute(null=True)
 
 
 class Once(Entity, discriminator="Once"):

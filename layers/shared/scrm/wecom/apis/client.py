@@ -3,7 +3,9 @@ error policy of FACTS §5.8 and per-API blocks after 45009.
 
 Policy (errors.py lists the classes):
 * -1, 45033, HTTP 5xx/429, timeouts, connection errors: up to MAX_RETRIES retries with
-  exponential backoff and full jitter, never sleeping past the caller's `deadline`.
+  exponential backoff and full jitter, never sleeping past the caller's `deadline` nor past
+  the time budget of the work in progress (scrm.platform.time_budget: a batch handler sets
+  it from what its Lambda invocation has left), whichever comes first.
   Calls that create something (add_contact_way, add_moment_task) are not repeated when the
   last attempt may have taken effect (read timeout, 5xx): the caller reconciles instead.
 * 40014/42001: invalidate the token, refresh, retry once; again -> TokenError.
@@ -28,7 +30,7 @@ from pynamodb.exceptions import PutError
 from requests.adapters import HTTPAdapter
 from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 
-from scrm.platform import credentials
+from scrm.platform import credentials, time_budget
 from scrm.platform.config import settings
 from scrm.platform.credentials import CorpCredentials
 from scrm.platform.observability import log
@@ -122,6 +124,7 @@ class WeComClient:
     def _call(self, method: str, path: str, params: dict | None, body: dict | None,
               deadline: float | None, idempotent: bool) -> dict:
         api = path.strip("/")
+        deadline = time_budget.clip(deadline)
         self._check_block(api)
         token = self._token(deadline)
         data = self._exchange(method, api, {**(params or {}), "access_token": token}, body, deadline, idempotent)
