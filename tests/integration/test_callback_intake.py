@@ -296,6 +296,29 @@ def test_the_window_is_measured_from_the_gateway_arrival_time_or_else_the_clock(
         assert call(request)["statusCode"] == status
 
 
+# --- credentials: the callback never needs the app secret ---------------------------------
+def test_the_callback_works_without_the_app_secret_which_everyone_else_needs(corp, aws):
+    from scrm.platform import credentials
+    from scrm.wecom.apis.client import for_corp
+
+    boto3.client("secretsmanager").delete_secret(SecretId=f"scrm/corp/{VECTOR_A['corp_id']}/app",
+                                                 ForceDeleteWithoutRecovery=True)
+    credentials.forget_cache()
+    assert call(post(contact_xml("add_external_contact")))["statusCode"] == 200
+    assert call(sample("callback/verify_url.json"))["statusCode"] == 200
+    with pytest.raises(credentials.UnknownCorp):
+        for_corp(VECTOR_A["corp_id"])
+
+
+def test_a_corp_without_callback_secret_is_unknown_to_the_callback(corp, aws):
+    from scrm.platform import credentials
+
+    boto3.client("secretsmanager").delete_secret(SecretId=f"scrm/corp/{VECTOR_A['corp_id']}/callback",
+                                                 ForceDeleteWithoutRecovery=True)
+    credentials.forget_cache()
+    assert call(post(contact_xml("add_external_contact")))["statusCode"] == 404
+
+
 # --- our own infrastructure failing: 5xx so that WeCom retries -----------------------------
 def test_a_failing_table_raises_so_the_gateway_answers_5xx(corp, aws):
     def fail(**kwargs):

@@ -79,7 +79,7 @@ def _arrival(http_event: dict) -> float | None:
 
 def _crypto_for(corp_id: str) -> WeComCrypto:
     try:
-        creds = credentials.load(corp_id)
+        creds = credentials.load_callback(corp_id)
     except credentials.UnknownCorp:
         raise Rejected(404, "unknown_corp") from None
     return WeComCrypto(creds.token, creds.encoding_aes_key, creds.expected_receive_id)

@@ -32,7 +32,7 @@ from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 
 from scrm.platform import credentials, time_budget
 from scrm.platform.config import settings
-from scrm.platform.credentials import CorpCredentials
+from scrm.platform.credentials import AppCredentials, CorpCredentials
 from scrm.platform.observability import log
 from scrm.store import keys
 from scrm.store.models import ApiBlock, condition_failed
@@ -94,7 +94,7 @@ def _errcode(data: dict) -> int:
 
 
 class WeComClient:
-    def __init__(self, creds: CorpCredentials, base_url: str | None = None, session: requests.Session | None = None,
+    def __init__(self, creds: AppCredentials | CorpCredentials, base_url: str | None = None, session: requests.Session | None = None,
                  token_store: tokens.TokenStore | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep):
         self.creds = creds
@@ -369,5 +369,5 @@ class WeComClient:
 
 
 def for_corp(corp_id: str) -> WeComClient:
-    """A client for a registered corp: credentials cached by scrm.platform.credentials, the token shared."""
-    return WeComClient(credentials.load(corp_id))
+    """A client for a registered corp: its app secret cached by scrm.platform.credentials, the token shared."""
+    return WeComClient(credentials.load_app(corp_id))
