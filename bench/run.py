@@ -114,7 +114,9 @@ def requests_per_callback(stack, corp) -> None:
         xml = _event_xml(corp.corp_id, "change_external_chat", "update",
                          f"<ChatId>bench-chat-{i}</ChatId><UpdateDetail>add_member</UpdateDetail>")
         body, query = crypto.seal(xml)
-        stack.invoke("CallbackFunction", http_event("POST", corp.corp_id, query, body))
+        request = http_event("POST", corp.corp_id, query, body)
+        request["requestContext"]["timeEpoch"] = int(time.time() * 1000)  # arriving now, as its CreateTime says
+        stack.invoke("CallbackFunction", request)
     for client, hook in hooks:
         client.meta.events.unregister("before-call.*.*", hook)
     writes = sum(v for k, v in counter.items() if k.split(":")[1] in ("PutItem", "SendMessage", "UpdateItem"))
