@@ -16,6 +16,7 @@ help:
 	@echo "make bench  - print the benchmark figures"
 	@echo "make deploy - sam build && sam deploy --guided"
 	@echo "make register-corp CORP_FILE=corp.json [AWS=1] - register a corp's credentials"
+	@echo "make register-corp FROM_LEGACY=ww... AWS=1 - split a corp's secret of before the split in two"
 	@echo "make org-sync [CORP=ww...] [AWS=1] - full sync of departments and staff from WeCom"
 	@echo "make org-rule CORP=ww... RULE_FILE=rule.json [AWS=1] - how departments map to branch/region/store"
 	@echo "make replay-dlq [AWS=1] [ARGS=--dry-run] - move dead-lettered events back to their queues"
@@ -55,7 +56,7 @@ deploy: $(STAMP)
 	$(BIN)/sam deploy --guided
 
 register-corp: $(STAMP)
-	$(BIN)/python -m infra.scripts.register_corp $(if $(AWS),--aws) --file $(CORP_FILE)
+	$(BIN)/python -m infra.scripts.register_corp $(if $(AWS),--aws) $(if $(FROM_LEGACY),--from-legacy $(FROM_LEGACY),--file $(CORP_FILE))
 
 org-sync: $(STAMP)
 	$(BIN)/python -m infra.scripts.org sync $(if $(CORP),--corp $(CORP)) $(if $(AWS),--aws)

@@ -10,4 +10,4 @@ metric = metrics()
 @tracer.capture_lambda_handler
 @metric.log_metrics
 def handler(event, context):
-    return sweep_pending(metric)
+    return sweep_pending(metric, context=context)

@@ -39,17 +39,40 @@ def test_replay_moves_every_dead_letter_back_to_its_own_queue(aws, monkeypatch, 
     assert describe_dead_letters(aws.queue_urls["EventsDLQ"]) == []
 
 
-def test_register_corp_stores_the_secret_and_never_prints_it(aws, monkeypatch, tmp_path, capsys):
+def secret(name: str) -> dict:
+    return json.loads(boto3.client("secretsmanager").get_secret_value(SecretId=name)["SecretString"])
+
+
+def test_register_corp_stores_two_secrets_and_never_prints_them(aws, monkeypatch, tmp_path, capsys):
     _point_at(aws, monkeypatch)
     corp_file = tmp_path / "corp.json"
     corp_file.write_text(json.dumps(VECTOR_A))
     assert register_corp.main(["--file", str(corp_file)]) == 0
     out = capsys.readouterr().out
     assert "registered" in out and VECTOR_A["secret"] not in out and VECTOR_A["token"] not in out
+    corp_id = VECTOR_A["corp_id"]
+    callback = secret(f"scrm/corp/{corp_id}/callback")
+    app = secret(f"scrm/corp/{corp_id}/app")
+    assert (callback["token"], callback["encoding_aes_key"]) == (VECTOR_A["token"], VECTOR_A["encoding_aes_key"])
+    assert "secret" not in callback  # what the internet-facing callback reads holds no app secret
+    assert app == {"corp_id": corp_id, "secret": VECTOR_A["secret"], "agent_id": VECTOR_A["agent_id"]}
     credentials.forget_cache()
-    assert credentials.load(VECTOR_A["corp_id"]).encoding_aes_key == VECTOR_A["encoding_aes_key"]
+    assert credentials.load_callback(corp_id).encoding_aes_key == VECTOR_A["encoding_aes_key"]
+    assert credentials.load_app(corp_id).secret == VECTOR_A["secret"]
     assert register_corp.main(["--file", str(corp_file)]) == 0
     assert "updated" in capsys.readouterr().out
+
+
+def test_register_corp_splits_the_secret_of_a_deployment_from_before(aws, monkeypatch, capsys):
+    _point_at(aws, monkeypatch)
+    corp_id = VECTOR_A["corp_id"]
+    boto3.client("secretsmanager").create_secret(Name=f"scrm/corp/{corp_id}", SecretString=json.dumps(VECTOR_A))
+    assert register_corp.main(["--from-legacy", corp_id]) == 0
+    assert VECTOR_A["secret"] not in capsys.readouterr().out
+    assert secret(f"scrm/corp/{corp_id}/app")["secret"] == VECTOR_A["secret"]
+    assert secret(f"scrm/corp/{corp_id}/callback")["token"] == VECTOR_A["token"]
+    assert register_corp.main(["--from-legacy", "wwnobody"]) == 2
+    assert "no secret scrm/corp/wwnobody to split" in capsys.readouterr().err
 
 
 def test_register_corp_refuses_a_bad_encoding_aes_key(aws, monkeypatch, tmp_path, capsys):

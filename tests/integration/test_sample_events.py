@@ -6,7 +6,7 @@ from scrm.platform.credentials import CorpCredentials
 from scrm.store import corps
 
 from tests.support.callbacks import VECTOR_A, sample
-from tests.support.functions import LambdaContext, load_function
+from tests.support.functions import LambdaContext, context_for, load_function
 
 
 @pytest.fixture
@@ -19,12 +19,13 @@ def sample_corp(aws, simulated_wecom):
 
 @pytest.mark.parametrize("function", ["worker", "welcome"])
 def test_queue_functions_process_their_sample_batch(sample_corp, function):
-    result = load_function(function).handler(sample(f"{function}/sqs_batch.json"), LambdaContext())
+    result = load_function(function).handler(sample(f"{function}/sqs_batch.json"), context_for(function))
     assert result == {"batchItemFailures": []}
 
 
 def test_the_sweeper_runs_on_its_schedule_event(sample_corp):
-    assert load_function("sweeper").handler(sample("sweeper/schedule.json"), LambdaContext()) == {"reenqueued": 0}
+    assert load_function("sweeper").handler(sample("sweeper/schedule.json"), context_for("sweeper")) == {
+        "reenqueued": 0, "shards_left": 0}
 
 
 def test_the_org_sync_runs_on_its_schedule_event(sample_corp):

@@ -377,8 +377,8 @@ def conflict_on_shared_items(monkeypatch) -> list:
     def contended(self, transact_items):
         me = threading.current_thread().name
         items = []
-        for entry in transact_items:
-            op = next(iter(entry.values()))
+        for item in transact_items:
+            op = next(iter(item.values()))
             key = op.get("Key") or {k: op["Item"][k] for k in ("PK", "SK")}
             items.append((key["PK"]["S"], key["SK"]["S"]))
         shared = [i for i in items if touched.setdefault(i, me) != me and i[1] != "STOCK"]

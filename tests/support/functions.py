@@ -21,6 +21,14 @@ class LambdaContext:
         return self.remaining_millis
 
 
+def context_for(name: str) -> LambdaContext:
+    """A fresh invocation's context of the function in functions/<name>: its template Timeout left."""
+    from infra.local import template as tpl
+
+    [fn] = [f for f in tpl.load().functions.values() if Path(f.code_uri).name == name]
+    return LambdaContext(function_name=fn.logical_id, remaining_millis=fn.timeout * 1000)
+
+
 def load_function(name: str):
     spec = importlib.util.spec_from_file_location(f"fn_{name}_{uuid.uuid4().hex[:6]}", ROOT / "functions" / name / "app.py")
     module = importlib.util.module_from_spec(spec)

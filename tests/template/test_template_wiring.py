@@ -28,8 +28,9 @@ GLOBAL_ENV = RAW.get("Globals", {}).get("Function", {}).get("Environment", {}).g
 
 # Read by scrm.platform.config with a default and deliberately not in Globals: why each may be absent.
 OPTIONAL_SETTINGS = {
-    "WECOM_TIMEOUT": "seconds per WeCom HTTP call; the default (3 s) fits the worker's 30 s timeout",
+    "WECOM_TIMEOUT": "seconds per WeCom HTTP call; the default (3 s) fits a record's 25 s budget",
     "PENDING_GRACE_SECONDS": "only the sweeper uses it, so only SweeperFunction sets it",
+    "MAX_RECEIVE_COUNT": "only the queue consumers use it; each sets its own queue's maxReceiveCount",
 }
 
 

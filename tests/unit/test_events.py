@@ -1,5 +1,5 @@
 import pytest
-from scrm.wecom.callback.events import CallbackEvent, EventError, dedupe_key, normalize
+from scrm.wecom.callback.events import CallbackEvent, EventError, check_create_time, dedupe_key, normalize
 
 SELF_BUILT = {"ToUserName": "ww1", "FromUserName": "sys", "CreateTime": "1795600000", "MsgType": "event",
               "Event": "change_external_contact", "ChangeType": "add_external_contact",
@@ -51,3 +51,35 @@ def test_dedupe_key_depends_on_every_field_and_the_corp_but_not_on_order():
 def test_queue_message_round_trip():
     event = normalize("ww1", SELF_BUILT)
     assert CallbackEvent.from_message(event.as_message()) == event
+
+
+@pytest.mark.parametrize("create_time,reason", [
+    (1795600000 + 61, "create_time_in_future"),
+    (1795600000 - 86401, "create_time_too_old"),
+    (4102444800, "create_time_in_future"),
+])
+def test_a_create_time_outside_the_window_around_the_arrival_is_refused(create_time, reason):
+    event = normalize("ww1", {**SELF_BUILT, "CreateTime": str(create_time)})
+    with pytest.raises(EventError) as err:
+        check_create_time(event, now=1795600000)
+    assert err.value.reason == reason
+
+
+@pytest.mark.parametrize("create_time", [1795600000 + 60, 1795600000, 1795600000 - 86400])
+def test_a_create_time_inside_the_window_is_accepted(create_time):
+    check_create_time(normalize("ww1", {**SELF_BUILT, "CreateTime": str(create_time)}), now=1795600000)
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("ExternalUserID", "wm" + "a" * 127, "bad_ExternalUserID"),
+    ("ExternalUserID", "wm a", "bad_ExternalUserID"),
+    ("UserID", "张三", "bad_UserID"),
+    ("UserID", "a#b", "bad_UserID"),
+    ("WelcomeCode", "W#1", "bad_WelcomeCode"),
+    ("State", "s\n1", "bad_State"),
+    ("MainDepartment", "-1", "bad_MainDepartment"),
+])
+def test_ids_wecom_never_sends_are_refused_with_the_field_named(field, value, reason):
+    with pytest.raises(EventError) as err:
+        normalize("ww1", {**SELF_BUILT, field: value})
+    assert err.value.reason == reason and err.value.detail

@@ -59,7 +59,7 @@ def test_the_callback_routes_worker_source_and_sweeper_schedule(template):
     assert {r.route_key for r in callback.routes} == {"GET /wecom/callback/{corp_id}", "POST /wecom/callback/{corp_id}"}
     assert callback.timeout == 4
     worker = template.functions["WorkerFunction"]
-    assert worker.sqs_sources == [tpl.SqsSource("Events", "EventsQueue", 10, True)]
+    assert worker.sqs_sources == [tpl.SqsSource("Events", "EventsQueue", 4, True)]
     sweeper = template.functions["SweeperFunction"]
     assert sweeper.schedules == [tpl.Schedule("Sweep", "rate(5 minutes)")]
 

@@ -359,6 +359,29 @@ def test_deadline_is_never_slept_past(client: WeComClient, wecom: FakeWeCom, clo
     assert all(read <= 0.6 for _, read in welcome_timeouts)
 
 
+def test_the_time_budget_of_the_work_in_progress_bounds_every_call(client: WeComClient, wecom: FakeWeCom,
+                                                                    clock: FakeClock, monkeypatch) -> None:
+    """A call made without a deadline, inside a batch record's budget, stops retrying there:
+    before, user/get slept through all three backoffs whatever the invocation had left."""
+    from scrm.platform import time_budget
+
+    monkeypatch.setattr(client_module.random, "uniform", lambda low, high: high)  # the longest backoffs
+    client.get_user("warm")
+    wecom.script["user/get"] = [err(-1)] * 4
+    started = clock.now
+    with time_budget.until(started + 1.0):
+        with pytest.raises(TransientError):
+            client.get_user("zhangsan")
+    assert clock.now < started + 1.0
+    assert all(read <= 1.0 for _, read in wecom.timeouts[-len(wecom.calls("user/get")) + 1:])
+    with time_budget.until(clock.now - 1):  # nothing left: nothing sent
+        with pytest.raises(TransientError):
+            client.get_user("lisi")
+    wecom.script["user/get"] = [err(-1)] * 3
+    client.get_user("zhangsan")  # outside any budget: all three retries, then the answer
+    assert clock.sleeps[-3:] == [0.5, 1.0, 2.0]
+
+
 def test_past_deadline_sends_nothing(client: WeComClient, wecom: FakeWeCom, clock: FakeClock) -> None:
     client.get_user("warm")
     with pytest.raises(TransientError):

@@ -23,7 +23,7 @@ from scrm.wecom.callback.crypto import (
     SignatureError,
     WeComCrypto,
 )
-from scrm.wecom.callback.events import CallbackEvent, EventError, normalize
+from scrm.wecom.callback.events import CallbackEvent, EventError, check_create_time, normalize
 from scrm.wecom.callback.wxml import MAX_BODY, XmlError, parse_xml
 
 
@@ -41,10 +41,17 @@ class Answer:
 
 
 class Rejected(Exception):
-    def __init__(self, status: int, reason: str):
+    """`reason` is short (the EventsRejected metric's dimension); the answer's body adds `detail`."""
+
+    def __init__(self, status: int, reason: str, detail: str = ""):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.detail = detail
+
+    @property
+    def body(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
 # --- request parsing -------------------------------------------------------------------
@@ -63,9 +70,16 @@ def _query(http_event: dict) -> dict:
     return http_event.get("queryStringParameters") or {}
 
 
+def _arrival(http_event: dict) -> float | None:
+    """When API Gateway received the request (epoch seconds), if it says: the moment the
+    CreateTime window is measured from, and a recorded request replays with its own time."""
+    epoch_ms = (http_event.get("requestContext") or {}).get("timeEpoch")
+    return epoch_ms / 1000 if isinstance(epoch_ms, (int, float)) and epoch_ms > 0 else None
+
+
 def _crypto_for(corp_id: str) -> WeComCrypto:
     try:
-        creds = credentials.load(corp_id)
+        creds = credentials.load_callback(corp_id)
     except credentials.UnknownCorp:
         raise Rejected(404, "unknown_corp") from None
     return WeComCrypto(creds.token, creds.encoding_aes_key, creds.expected_receive_id)
@@ -103,6 +117,7 @@ def verify_url(corp_id: str, query: dict) -> Answer:
 
 # --- POST: a business callback ----------------------------------------------------------
 def accept(corp_id: str, query: dict, body: bytes, now: float | None = None) -> Answer:
+    """`now`: when the request arrived (default: the clock)."""
     crypto = _crypto_for(corp_id)
     if len(body) > MAX_BODY:
         raise Rejected(413, "too_large")
@@ -115,13 +130,14 @@ def accept(corp_id: str, query: dict, body: bytes, now: float | None = None) -> 
     if not isinstance(encrypted, str) or not encrypted:
         raise Rejected(400, "no_encrypt")
     plaintext = _decrypt(crypto, sig, ts, nonce, encrypted)
+    now = time.time() if now is None else now
     try:
         event = normalize(corp_id, parse_xml(plaintext))
+        check_create_time(event, now)
     except XmlError as err:
         raise Rejected(400, f"message_{err.reason}") from None
     except EventError as err:
-        raise Rejected(400, err.reason) from None
-    now = time.time() if now is None else now
+        raise Rejected(400, err.reason, err.detail) from None
     duplicate = not inbox.persist(event, now)
     return Answer(200, "", event=event, duplicate=duplicate)
 
@@ -143,13 +159,14 @@ def handle_http(http_event: dict, metrics: Metrics) -> dict:
         if method == "GET":
             answer = verify_url(corp_id, _query(http_event))
         elif method == "POST":
-            answer = accept(corp_id, _query(http_event), _body_bytes(http_event))
+            answer = accept(corp_id, _query(http_event), _body_bytes(http_event), _arrival(http_event))
         else:
             raise Rejected(405, "method_not_allowed")
     except Rejected as rej:
         _count(metrics, "EventsRejected", rej.reason)
-        log.warning("callback rejected", extra={"corp_id": corp_id, "reason": rej.reason, "status": rej.status})
-        return Answer(rej.status, rej.reason, rej.reason).to_http()
+        log.warning("callback rejected", extra={"corp_id": corp_id, "reason": rej.reason, "detail": rej.detail,
+                                                "status": rej.status})
+        return Answer(rej.status, rej.body, rej.reason).to_http()
     if answer.event is not None:
         _count(metrics, "DuplicateEvents" if answer.duplicate else "EventsReceived")
         log.info(

@@ -20,7 +20,8 @@ class Settings:
     secret_prefix: str
     wecom_api_base: str
     wecom_timeout: float  # seconds per WeCom HTTP call
-    pending_grace: int  # seconds an event may stay unprocessed before the sweeper re-enqueues it
+    pending_grace: int  # seconds an event may stay unqueued before the sweeper enqueues it
+    max_receive_count: int  # the queues' maxReceiveCount: the receive after which a failure is final
 
 
 @lru_cache(maxsize=1)
@@ -34,6 +35,7 @@ def settings() -> Settings:
         wecom_api_base=(env.get("WECOM_API_BASE") or DEFAULT_WECOM_API_BASE).rstrip("/"),
         wecom_timeout=float(env.get("WECOM_TIMEOUT", "3")),
         pending_grace=int(env.get("PENDING_GRACE_SECONDS", "60")),
+        max_receive_count=int(env.get("MAX_RECEIVE_COUNT", "5")),
     )
 
 
@@ -44,3 +46,9 @@ BUSINESS_UTC_OFFSET_HOURS = 8
 def business_day(ts: float) -> str:
     """yyyy-mm-dd of epoch seconds `ts` in the business time zone."""
     return time.strftime("%Y-%m-%d", time.gmtime(ts + BUSINESS_UTC_OFFSET_HOURS * 3600))
+
+
+def business_time_iso(ts: float) -> str:
+    """ISO 8601 of epoch seconds `ts` in the business time zone, e.g. 2026-11-25T16:26:40+08:00."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts + BUSINESS_UTC_OFFSET_HOURS * 3600)) + \
+        f"+{BUSINESS_UTC_OFFSET_HOURS:02d}:00"

@@ -1,5 +1,5 @@
 """Registered corps: the Corp rows the scheduled jobs walk, and registering a corp
-(its secret in Secrets Manager and its row in the table)."""
+(its two secrets in Secrets Manager, see scrm.platform.credentials, and its row in the table)."""
 from __future__ import annotations
 
 import time
@@ -7,7 +7,7 @@ import time
 import boto3
 
 from scrm.platform import credentials
-from scrm.platform.credentials import CorpCredentials, secret_name
+from scrm.platform.credentials import CorpCredentials, secret_values
 from scrm.store import keys
 from scrm.store.models import Corp
 
@@ -18,20 +18,21 @@ def registered() -> list[str]:
 
 
 def register(creds: CorpCredentials, name: str | None = None) -> bool:
-    """Create or update a corp's secret and its Corp row; True if the corp is new.
+    """Create or update a corp's two secrets (`/callback`: token and EncodingAESKey; `/app`:
+    the app secret) and its Corp row; True if the corp is new.
 
     Used by `infra/scripts/register_corp.py` (locally and against AWS) and by the local
-    stack at start. The secret value is never logged or printed.
+    stack at start. The secret values are never logged or printed.
     """
     client = boto3.client("secretsmanager")
-    secret_id = secret_name(creds.corp_id)
-    try:
-        client.create_secret(Name=secret_id, SecretString=creds.to_json(),
-                             Description=f"WeCom credentials of corp {creds.corp_id}")
-        created = True
-    except client.exceptions.ResourceExistsException:
-        client.put_secret_value(SecretId=secret_id, SecretString=creds.to_json())
-        created = False
+    created = False
+    for secret_id, value in secret_values(creds).items():
+        try:
+            client.create_secret(Name=secret_id, SecretString=value,
+                                 Description=f"WeCom {secret_id.rsplit('/', 1)[-1]} credentials of corp {creds.corp_id}")
+            created = True
+        except client.exceptions.ResourceExistsException:
+            client.put_secret_value(SecretId=secret_id, SecretString=value)
     pk, sk = keys.corp(creds.corp_id)
     Corp(pk, sk, corp_id=creds.corp_id, name=name, agent_id=creds.agent_id,
          registered_at=int(time.time()), GSI1PK=keys.CORPS_INDEX_PK, GSI1SK=creds.corp_id).save()

@@ -1,20 +1,30 @@
-"""The event inbox: an accepted callback's row and its queue message, written with plain
-boto3 clients (no PynamoDB) because the callback, on a cold start inside WeCom's 5-second
-window, writes through here.
+"""The event inbox: an accepted callback's row, its queue message and the note that it was
+queued, written with plain boto3 clients (no PynamoDB) because the callback, on a cold
+start inside WeCom's 5-second window, writes through here.
 
-Nothing is lost between the two writes: if the process dies after the row, the callback
-never answers 200, WeCom re-sends, the duplicate finds the row still `received` and enqueues
-it again; if WeCom never re-sends, the sweeper re-enqueues rows left `received`.
+Three requests, in this order, so that nothing is lost and nothing is sent twice:
+1. the row, `received`, in the sparse pending index (GSI2), conditional on its dedupe key;
+2. the message;
+3. the row becomes `queued` and leaves the pending index.
+If the process dies after 1, the callback never answers 200, WeCom re-sends, and the
+duplicate finds the row still `received` and queues it; if WeCom never re-sends, the
+sweeper finds it in the pending index. A row that says `queued` has a message: neither a
+duplicate nor the sweeper sends another, however long the queue's backlog. Only a death
+between 2 and 3 leaves a queued event in the index; the sweeper then sends it once more,
+which the worker's exactly-once effects make harmless.
 """
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from collections.abc import Iterable
 from functools import lru_cache
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from scrm.platform.config import business_day, settings
+from scrm.platform.config import settings
+from scrm.platform.observability import log
 from scrm.store import keys
 from scrm.wecom.callback.events import CallbackEvent
 
@@ -22,6 +32,7 @@ EVENT_TTL_SECONDS = 90 * 24 * 3600
 # A duplicate younger than this is a copy of a delivery still in flight (WeCom re-sends
 # only after 5 s without an answer), so it is not enqueued again.
 REENQUEUE_AFTER_SECONDS = 3
+SQS_BATCH = 10  # SendMessageBatch takes at most ten entries
 
 
 @lru_cache(maxsize=1)
@@ -42,7 +53,6 @@ def reset_clients() -> None:
 def event_item(event: CallbackEvent, now: float) -> dict:
     """The Event row as DynamoDB attribute values (same shape as scrm.store.models.Event)."""
     pk, sk = keys.event(event.corp_id, event.event_id)
-    day = business_day(event.create_time)
     item = {
         "PK": {"S": pk},
         "SK": {"S": sk},
@@ -56,10 +66,8 @@ def event_item(event: CallbackEvent, now: float) -> dict:
         "status": {"S": "received"},
         "fields": {"S": json.dumps(event.fields, ensure_ascii=False)},
         "deliveries": {"N": "1"},
-        "GSI1PK": {"S": keys.events_by_day(event.corp_id, day)},
-        "GSI1SK": {"S": keys.events_by_day_sk(event.create_time, event.event_id)},
         "GSI2PK": {"S": keys.pending(event.event_id)},
-        "GSI2SK": {"S": f"{int(now):010d}"},
+        "GSI2SK": {"S": keys.pending_sk(now)},
         "expires_at": {"N": str(int(now) + EVENT_TTL_SECONDS)},
     }
     if event.change_type:
@@ -82,12 +90,22 @@ def persist(event: CallbackEvent, now: float) -> bool:
         old = err.response.get("Item") or {}
         received_at = int(old.get("received_at", {}).get("N", "0"))
         if old.get("status", {}).get("S") == "received" and received_at <= now - REENQUEUE_AFTER_SECONDS:
-            # An earlier delivery may have died before enqueueing: enqueue again (the
-            # worker's effects are idempotent, so a second message costs at most a little work).
-            enqueue(event)
+            # An earlier delivery died before its message was noted as sent: send it now.
+            # Any other status means a message exists or existed; never a second one.
+            _send_and_note(event, now)
         return False
-    enqueue(event)
+    _send_and_note(event, now)
     return True
+
+
+def _send_and_note(event: CallbackEvent, now: float) -> None:
+    enqueue(event)
+    try:
+        mark_queued(event, now)
+    except (ClientError, BotoCoreError) as err:
+        # The message is out, so the event is safe: answer WeCom 200 rather than make it re-send.
+        # The row stays in the pending index; the sweeper may send it once more after the grace.
+        log.warning("event queued but not noted as queued", extra={"event_id": event.event_id, "error": str(err)})
 
 
 def queue_for(event: CallbackEvent) -> str:
@@ -97,8 +115,45 @@ def queue_for(event: CallbackEvent) -> str:
     return settings().events_queue_url
 
 
+def _body(event: CallbackEvent) -> str:
+    return json.dumps(event.as_message(), ensure_ascii=False)
+
+
 def enqueue(event: CallbackEvent) -> None:
-    _sqs().send_message(
-        QueueUrl=queue_for(event),
-        MessageBody=json.dumps(event.as_message(), ensure_ascii=False),
-    )
+    _sqs().send_message(QueueUrl=queue_for(event), MessageBody=_body(event))
+
+
+def enqueue_many(events: Iterable[CallbackEvent]) -> list[CallbackEvent]:
+    """Send each event to its queue, ten to a request; returns those SQS accepted."""
+    by_queue: dict[str, list[CallbackEvent]] = defaultdict(list)
+    for event in events:
+        by_queue[queue_for(event)].append(event)
+    sent = []
+    for url, queued in by_queue.items():
+        for start in range(0, len(queued), SQS_BATCH):
+            chunk = queued[start:start + SQS_BATCH]
+            answer = _sqs().send_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "MessageBody": _body(event)} for i, event in enumerate(chunk)])
+            sent += [chunk[int(ok["Id"])] for ok in answer.get("Successful", [])]
+    return sent
+
+
+def mark_queued(event: CallbackEvent, now: float) -> bool:
+    """Note that the event's message was sent: `queued`, out of the pending index. False if
+    the row had moved on already (a fast worker finished it first) or is gone."""
+    pk, sk = keys.event(event.corp_id, event.event_id)
+    try:
+        _dynamodb().update_item(
+            TableName=settings().table_name,
+            Key={"PK": {"S": pk}, "SK": {"S": sk}},
+            UpdateExpression="SET #status = :queued, queued_at = :now REMOVE GSI2PK, GSI2SK",
+            ConditionExpression="#status = :received",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":queued": {"S": "queued"}, ":received": {"S": "received"},
+                                       ":now": {"N": str(int(now))}},
+        )
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        return False
+    return True

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 
 SEP = "#"
-# Sparse index of events still waiting for the worker, spread over shards so that a
-# burst of callbacks does not pile onto one GSI partition.
+# Sparse index of events stored but not yet known to be queued, spread over shards so that
+# a burst of callbacks does not pile onto one GSI partition.
 PENDING_SHARDS = 10
 
 
@@ -49,18 +49,14 @@ def event(corp_id: str, event_id: str) -> tuple[str, str]:
     return f"{_corp(corp_id)}{SEP}EVENT{SEP}{event_id}", "EVENT"
 
 
-def events_by_day(corp_id: str, day: str) -> str:
-    """GSI1PK: one corp's events of one UTC day (yyyy-mm-dd), GSI1SK = create_time#event_id."""
-    return f"{_corp(corp_id)}{SEP}EVENTS{SEP}{day}"
-
-
-def events_by_day_sk(create_time: int, event_id: str) -> str:
-    return f"{create_time:010d}{SEP}{event_id}"
-
-
 def pending(event_id: str) -> str:
-    """GSI2PK of an event not yet processed (removed once processed)."""
+    """GSI2PK of an event stored but not yet known to be queued (removed once it is)."""
     return f"PENDING{SEP}{shard_of(event_id, PENDING_SHARDS)}"
+
+
+def pending_sk(received_at: float) -> str:
+    """GSI2SK of a pending event: when it was received, zero-padded so it sorts as a number."""
+    return f"{int(received_at):010d}"
 
 
 def pending_shards() -> list[str]:

@@ -24,11 +24,22 @@ from pynamodb.models import Model
 
 TTL_ATTRIBUTE = "expires_at"
 CONDITION_FAILED = "ConditionalCheckFailedException"
+INVALID_REQUEST = "ValidationException"
 
 
 def condition_failed(err: Exception) -> bool:
     """Whether a PynamoDB write error is a failed condition (not an outage)."""
     return getattr(err, "cause_response_code", None) == CONDITION_FAILED
+
+
+def invalid_request(err: Exception) -> bool:
+    """Whether DynamoDB refused the request itself (a key over 2,048 bytes, an item over
+    400 KB, ...): the same request fails the same way every time, so retrying cannot help.
+    Sees PynamoDB's errors and botocore's."""
+    code = getattr(err, "cause_response_code", None)
+    if code is None:
+        code = (getattr(err, "response", None) or {}).get("Error", {}).get("Code")
+    return code == INVALID_REQUEST
 
 
 def update_if(row: Model, actions: list, condition) -> bool:
@@ -116,12 +127,18 @@ class Event(Entity, discriminator="Event"):
     change_type = UnicodeAttribute(null=True)
     create_time = NumberAttribute()
     received_at = NumberAttribute()
-    status = UnicodeAttribute()  # received -> processed | failed
+    # received (stored, not yet known to be queued) -> queued -> processed | failed | dead
+    status = UnicodeAttribute()
     fields = JSONAttribute()
     deliveries = NumberAttribute(default=1)
+    queued_at = NumberAttribute(null=True)
     processed_at = NumberAttribute(null=True)
-    outcome = UnicodeAttribute(null=True)
-    error = UnicodeAttribute(null=True)
+    outcome = UnicodeAttribute(null=True)  # processed: what the handler did; failed: why it never can
+    error = UnicodeAttribute(null=True)  # the last failed attempt's error
+    failed_at = NumberAttribute(null=True)
+    receives = NumberAttribute(null=True)  # SQS receives of the message at that attempt
+    dead_at = NumberAttribute(null=True)  # when its message went to a dead-letter queue
+    replayed_at = NumberAttribute(null=True)
 
 
 class Once(Entity, discriminator="Once"):

@@ -3,8 +3,10 @@ error policy of FACTS §5.8 and per-API blocks after 45009.
 
 Policy (errors.py lists the classes):
 * -1, 45033, HTTP 5xx/429, timeouts, connection errors: up to MAX_RETRIES retries with
-  exponential backoff and full jitter, never sleeping past the caller's `deadline`. An error
-  raised after a repeat of an attempt that may have taken effect (read timeout, 5xx) says so
+  exponential backoff and full jitter, never sleeping past the caller's `deadline` nor past
+  the time budget of the work in progress (scrm.platform.time_budget: a batch handler sets
+  it from what its Lambda invocation has left), whichever comes first. An error raised after
+  a repeat of an attempt that may have taken effect (read timeout, 5xx) says so
   (`earlier_attempt_unknown`): for send_welcome_msg, a final 41051 is then our own welcome.
   Calls that create something (add_contact_way, add_moment_task) are not repeated when the
   last attempt may have taken effect (read timeout, 5xx): the caller reconciles instead.
@@ -30,9 +32,9 @@ from pynamodb.exceptions import PutError
 from requests.adapters import HTTPAdapter
 from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 
-from scrm.platform import credentials
+from scrm.platform import credentials, time_budget
 from scrm.platform.config import settings
-from scrm.platform.credentials import CorpCredentials
+from scrm.platform.credentials import AppCredentials, CorpCredentials
 from scrm.platform.observability import log
 from scrm.store import keys
 from scrm.store.models import ApiBlock, condition_failed
@@ -95,7 +97,7 @@ def _errcode(data: dict) -> int:
 
 
 class WeComClient:
-    def __init__(self, creds: CorpCredentials, base_url: str | None = None, session: requests.Session | None = None,
+    def __init__(self, creds: AppCredentials | CorpCredentials, base_url: str | None = None, session: requests.Session | None = None,
                  token_store: tokens.TokenStore | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep):
         self.creds = creds
@@ -125,6 +127,7 @@ class WeComClient:
     def _call(self, method: str, path: str, params: dict | None, body: dict | None,
               deadline: float | None, idempotent: bool) -> dict:
         api = path.strip("/")
+        deadline = time_budget.clip(deadline)
         self._check_block(api)
         token = self._token(deadline)
         data, unknown = self._exchange(method, api, {**(params or {}), "access_token": token}, body, deadline,
@@ -380,5 +383,5 @@ class WeComClient:
 
 
 def for_corp(corp_id: str) -> WeComClient:
-    """A client for a registered corp: credentials cached by scrm.platform.credentials, the token shared."""
-    return WeComClient(credentials.load(corp_id))
+    """A client for a registered corp: its app secret cached by scrm.platform.credentials, the token shared."""
+    return WeComClient(credentials.load_app(corp_id))
