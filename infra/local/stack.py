@@ -665,6 +665,8 @@ def _forget_scrm_state() -> None:
         sys.modules["scrm.store.once"].forget_connection()
     if "scrm.entry.ops.auth" in sys.modules:
         sys.modules["scrm.entry.ops.auth"].forget_cache()
+    if "scrm.entry.ops.idempotency" in sys.modules:
+        sys.modules["scrm.entry.ops.idempotency"].forget_clients()
     if "scrm.store.models" in sys.modules:
         entity = sys.modules["scrm.store.models"].Entity
         if os.environ.get("TABLE_NAME"):
