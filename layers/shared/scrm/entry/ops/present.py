@@ -10,7 +10,8 @@ and writes it, for every route, nested objects and lists included:
 * Names beside ids: beside each id field of NAMED, its name field (null if unknown), read
   in one BatchGetItem per answer. An object that has a `name` of its own (a store, a staff
   member, a campaign, a template) is that thing: its own id (the first of SELF it has) is
-  not named again. A contact way's `owner_id` is named by its `owner_kind`.
+  not named again. A contact way's `owner_id` is named by its `owner_kind` (`owner_name`),
+  a figure's `scope_id` by its `scope` (`scope_name`).
 
 A new route gets all of this by returning data whose fields follow these names.
 """
@@ -40,7 +41,11 @@ NAMED: dict[str, tuple[str, str]] = {  # id field -> (kind, name field)
     "coupon_template_id": ("template", "coupon_template_name"),
 }
 NAMED_LISTS: dict[str, tuple[str, str]] = {"users": ("staff", "user_names")}
-OWNER_KINDS = {"staff": "staff", "store": "department", "campaign": "campaign"}
+KIND_OF = {  # (kind field, id field, name field) -> what each kind's id names
+    ("owner_kind", "owner_id", "owner_name"): {"staff": "staff", "store": "department", "campaign": "campaign"},
+    ("scope", "scope_id", "scope_name"): {"staff": "staff", "store": "department", "region": "department",
+                                          "branch": "department"},
+}
 SELF = ("userid", "store_id", "campaign_id", "template_id")
 
 
@@ -52,8 +57,10 @@ def _refs(obj: dict) -> list[tuple[str, str, str]]:
     """(id field, kind, name field) of each single id `obj` carries to be named."""
     own = _own_id(obj)
     refs = [(f, *NAMED[f]) for f in obj if f in NAMED and f != own]
-    if isinstance(obj.get("owner_kind"), str) and obj["owner_kind"] in OWNER_KINDS and "owner_id" in obj:
-        refs.append(("owner_id", OWNER_KINDS[obj["owner_kind"]], "owner_name"))
+    for (kind_field, id_field, name_field), kinds in KIND_OF.items():
+        kind = obj.get(kind_field)
+        if isinstance(kind, str) and kind in kinds and id_field in obj:
+            refs.append((id_field, kinds[kind], name_field))
     return refs
 
 
