@@ -65,6 +65,7 @@ def serving() -> Iterator[str]:
     """The ops API on a free loopback port, with its own table, queues, simulator and corp; its URL."""
     from infra.local.wecom_sim import WeComSimulator
 
+    saved = {name: os.environ.get(name) for name in ("EVENTS_QUEUE_URL", "WECOM_API_BASE")}
     with mock_aws():
         create_scrm_table()
         os.environ["EVENTS_QUEUE_URL"] = create_queues()["EventsQueue"]
@@ -94,3 +95,9 @@ def serving() -> Iterator[str]:
         finally:
             server.shutdown()
             sim.stop()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            settings.cache_clear()
