@@ -7,11 +7,12 @@ export SAM_CLI_TELEMETRY := 0
 export PYTHONPATH := $(CURDIR)/layers/shared:$(CURDIR)
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help venv test test-fast demo up bench deploy validate build register-corp org-sync org-rule replay-dlq clean
+.PHONY: help venv test test-fast fuzz demo up bench deploy validate build register-corp org-sync org-rule replay-dlq clean
 
 help:
 	@echo "make demo   - start the local stack and replay a store's morning through it"
-	@echo "make test   - unit, integration, template and end-to-end tests, sam validate --lint, sam build"
+	@echo "make test   - unit, integration, template and end-to-end tests, a short fuzz run, sam validate --lint, sam build"
+	@echo "make fuzz   - a long Schemathesis run of the ops API against docs/openapi.yaml (FUZZ_EXAMPLES, FUZZ_MAX_TIME)"
 	@echo "make up     - run the local stack in the foreground (Ctrl-C stops it)"
 	@echo "make bench  - print the benchmark figures"
 	@echo "make deploy - sam build && sam deploy --guided"
@@ -31,10 +32,15 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -n 2 tests/unit tests/integration tests/template
 	$(BIN)/pytest tests/e2e
+	$(BIN)/pytest tests/fuzz
 	$(MAKE) --no-print-directory validate build
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -n 2 tests/unit tests/integration tests/template
+
+# A fresh seed each run; the report's curl lines reproduce each finding against `make up`.
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} FUZZ_MAX_TIME=$${FUZZ_MAX_TIME:-1800} FUZZ_SEED= $(BIN)/pytest -s tests/fuzz
 
 validate: $(STAMP)
 	$(BIN)/sam validate --lint --region $(AWS_DEFAULT_REGION)

@@ -667,6 +667,8 @@ def _forget_scrm_state() -> None:
         sys.modules["scrm.entry.ops.auth"].forget_cache()
     if "scrm.domain.coupons" in sys.modules:
         sys.modules["scrm.domain.coupons"].forget_templates()
+    if "scrm.entry.ops.idempotency" in sys.modules:
+        sys.modules["scrm.entry.ops.idempotency"].forget_clients()
     if "scrm.store.models" in sys.modules:
         entity = sys.modules["scrm.store.models"].Entity
         if os.environ.get("TABLE_NAME"):

@@ -25,8 +25,9 @@ def corp_id(stack) -> str:
     return stack.corps[0].corp_id
 
 
-def ops(stack, method: str, path: str, token: str | None = None, **kwargs) -> requests.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+def ops(stack, method: str, path: str, token: str | None = None, headers_extra: dict | None = None,
+        **kwargs) -> requests.Response:
+    headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers_extra or {})}
     return requests.request(method, f"{stack.gateway_url}{path}", headers=headers, timeout=15, **kwargs)
 
 
@@ -112,3 +113,14 @@ def test_the_ops_routes_are_served_under_the_stage_name_too(stack, corp_id):
     stage = stack.template.parameters["StageName"]
     answer = ops(stack, "GET", f"/{stage}/ops/staff?limit=1", stack.ops_token(corp_id))
     assert answer.status_code == 200 and set(answer.json()) == {"items", "next_cursor"}
+
+
+def test_a_retried_post_through_the_gateway_is_answered_once_in_chinese_with_china_time(stack, corp_id):
+    token = stack.ops_token(corp_id)
+    key = {"Idempotency-Key": f"e2e-{uuid.uuid4()}"}
+    first = ops(stack, "POST", "/ops/campaigns", token, json={"name": "双十一"}, headers_extra=key)
+    again = ops(stack, "POST", "/ops/campaigns", token, json={"name": "双十一"}, headers_extra=key)
+    assert first.status_code == again.status_code == 201, first.text
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert "双十一".encode() in first.content and b"\\u" not in first.content
+    assert first.json()["created_at_iso"].endswith("+08:00")

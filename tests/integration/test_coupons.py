@@ -70,7 +70,7 @@ def test_given_invalid_terms_when_creating_a_template_then_the_error_names_the_f
     with pytest.raises(CouponError) as raised:
         template(**terms)
 
-    assert (raised.value.reason, raised.value.status, raised.value.field) == ("invalid_template", 400, field)
+    assert (raised.value.reason, raised.value.status, raised.value.field) == ("invalid_template", 422, field)
     assert str(raised.value).startswith(field)
     assert coupons.list_templates(CORP) == ([], None)
 

@@ -44,8 +44,8 @@ def err(code: int) -> dict:
 
 
 class FakeWeCom(BaseAdapter):
-    """Answers each API from a script (dict = JSON body, int = HTTP status, exception =
-    raised); unscripted calls succeed, and gettoken issues tok1, tok2, ..."""
+    """Answers each API from a script (dict = JSON body, int = HTTP status, (status, bytes) = both,
+    exception = raised); unscripted calls succeed, and gettoken issues tok1, tok2, ..."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,6 +68,8 @@ class FakeWeCom(BaseAdapter):
         resp.request, resp.url = request, request.url
         if isinstance(answer, int):
             resp.status_code, resp._content = answer, b"<html>bad gateway</html>"
+        elif isinstance(answer, tuple):
+            resp.status_code, resp._content = answer
         else:
             resp.status_code, resp._content = 200, json.dumps(answer if answer is not None else OK).encode()
         return resp
@@ -272,6 +274,24 @@ def test_40001_is_configuration_error_after_one_call_and_not_repeated(table: Non
         make_client(wecom, clock).get_user("a")
     assert len(wecom.sent) == 1
     assert SECRET not in str(raised.value)
+
+
+def test_an_unexpected_http_status_carries_what_was_said_with_the_secret_masked(table: None, wecom: FakeWeCom,
+                                                                                 clock: FakeClock) -> None:
+    page = f"<h1>403 Forbidden</h1>\n<p>GET /cgi-bin/gettoken?corpid=wwcorp&corpsecret={SECRET}</p>".encode()
+    wecom.script["gettoken"] = [(403, page)]
+    with pytest.raises(ConfigurationError) as raised:
+        make_client(wecom, clock).get_user("a")
+    assert (raised.value.http_status, raised.value.api) == (403, "gettoken")
+    assert raised.value.errmsg == "<h1>403 Forbidden</h1> <p>GET /cgi-bin/gettoken?corpid=wwcorp&corpsecret=***</p>"
+
+
+def test_an_unexpected_http_status_with_wecoms_json_quotes_its_errcode_and_errmsg(client: WeComClient,
+                                                                                 wecom: FakeWeCom) -> None:
+    wecom.script["user/get"] = [(404, json.dumps({"errcode": 40035, "errmsg": "unknown path"}).encode())]
+    with pytest.raises(ConfigurationError) as raised:
+        client.get_user("a")
+    assert (raised.value.http_status, raised.value.errmsg) == (404, "errcode 40035: unknown path")
 
 
 @pytest.mark.parametrize("code", [48002, 60020, 60011, 41001])

@@ -22,7 +22,9 @@ Templates never change once created, so a process keeps the ones it has read.
 Redemption is one transaction too: the coupon goes issued -> redeemed under the condition
 `status = issued AND valid_from <= now AND valid_until >= now`, together with the coupons_redeemed
 counters of the redeeming store, the staff member who brought the customer and the corp. The
-POS's request_id is stored on the coupon: the same request again is answered with success.
+POS's request_id is stored on the coupon with the till (store and clerk) that sent it: the same
+request again from that till is answered with success; the same request_id from another till
+is refused (request_id_reused), never answered with the first till's redemption.
 
 Codes: 16 characters of Crockford base32 (0-9 and A-Z without I, L, O, U) drawn from 80 bits of
 `secrets`, stored ungrouped. A till may type them in any case, grouped with '-' or spaces, and
@@ -48,6 +50,7 @@ from pynamodb.transactions import TransactWrite
 
 from scrm.platform.config import BUSINESS_UTC_OFFSET_HOURS, business_day
 from scrm.platform.errors import ScrmError
+from scrm.platform.times import readable
 from scrm.store import keys, once, paging
 from scrm.store.models import Coupon, CouponClaims, CouponStock, CouponTemplate, Once
 from scrm.store.once import Write
@@ -72,11 +75,13 @@ _STATUS = {
     "unknown_code": 404,
     "template_not_found": 404,
     "already_redeemed": 409,
+    "request_id_reused": 409,
     "not_yet_valid": 409,
     "template_exists": 409,
     "expired": 410,
-    "invalid_template": 400,
-    "invalid_request": 400,
+    # well-formed but refused on meaning (the ops API checks the shape first)
+    "invalid_template": 422,
+    "invalid_request": 422,
 }
 
 
@@ -351,29 +356,35 @@ def customer_coupons(corp_id: str, external_userid: str, limit: int = 50) -> lis
 
 
 # --- redemption ------------------------------------------------------------------------
-def _settled(coupon: Coupon, request_id: str, now: int) -> bool:
-    """True if this request redeemed the coupon before; raises why it cannot be redeemed; False: go on."""
+def _settled(coupon: Coupon, request_id: str, store_id: str, staff_userid: str, now: int) -> bool:
+    """True if this request (from this till) redeemed the coupon before; raises why it cannot be
+    redeemed; False: go on."""
     if coupon.status == "redeemed":
-        if coupon.redemption_request == request_id:
-            return True
-        raise CouponError("already_redeemed", f"coupon already redeemed at {int(coupon.redeemed_at or 0)}")
+        if coupon.redemption_request != request_id:
+            raise CouponError("already_redeemed",
+                              f"coupon already redeemed at {readable(coupon.redeemed_at or 0)}")
+        if (coupon.redeemed_store_id, coupon.redeemed_by) != (store_id, staff_userid):
+            raise CouponError("request_id_reused", f"request_id {request_id} redeemed this coupon at another till "
+                              f"(store {coupon.redeemed_store_id}); a till cannot reuse another till's request",
+                              "request_id")
+        return True
     if coupon.valid_until < now:
-        raise CouponError("expired", f"coupon expired at {int(coupon.valid_until)}")
+        raise CouponError("expired", f"coupon expired at {readable(coupon.valid_until)}")
     if coupon.valid_from > now:
-        raise CouponError("not_yet_valid", f"coupon is valid from {int(coupon.valid_from)}")
+        raise CouponError("not_yet_valid", f"coupon is valid from {readable(coupon.valid_from)}")
     return False
 
 
 def redeem(corp_id: str, code: str, *, store_id: str, staff_userid: str, request_id: str,
            now: float | None = None) -> Coupon:
-    """Redeem at a till; the same request_id again returns the redeemed coupon."""
+    """Redeem at a till; the same request_id again from the same till returns the redeemed coupon."""
     if not store_id or not staff_userid or not request_id:
         raise CouponError("invalid_request", "store_id, staff_userid and request_id are required")
     now = int(time.time() if now is None else now)
     attempt = 0
     while True:
         coupon = get_coupon(corp_id, code)
-        if _settled(coupon, request_id, now):
+        if _settled(coupon, request_id, store_id, staff_userid, now):
             return coupon
         try:
             _redeem_write(corp_id, coupon, store_id, staff_userid, request_id, now)
@@ -383,7 +394,7 @@ def redeem(corp_id: str, code: str, *, store_id: str, staff_userid: str, request
             if _failed(reasons, 0):
                 # Another till, or an earlier try of this request, got there first: a fresh read says which.
                 fresh = get_coupon(corp_id, code)
-                if _settled(fresh, request_id, now):
+                if _settled(fresh, request_id, store_id, staff_userid, now):
                     return fresh
                 raise
             attempt += 1

@@ -21,6 +21,14 @@ class NotFound(ScrmError, LookupError):
 
 
 class Invalid(ScrmError, ValueError):
+    """Well-formed input refused on meaning (no such store, dates in the wrong order)."""
+
+    status = 422
+
+
+class Malformed(Invalid):
+    """Input without the shape the API describes, or a cursor it never issued."""
+
     status = 400
 
 

@@ -44,6 +44,15 @@ def api_block(corp_id: str, api: str) -> tuple[str, str]:
 API_BLOCK_PREFIX = f"APIBLOCK{SEP}"
 
 
+# --- ops API: Idempotency-Key records (written by Powertools' idempotency utility) ---------
+def idempotency(corp_id: str) -> str:
+    """PK of a corp's idempotency records; SK = IDEMPOTENCY_PREFIX#<md5 of route and key>."""
+    return f"{_corp(corp_id)}{SEP}IDEMPOTENCY"
+
+
+IDEMPOTENCY_PREFIX = "IDEMPOTENCY"
+
+
 # --- callback events -----------------------------------------------------------------
 def event(corp_id: str, event_id: str) -> tuple[str, str]:
     return f"{_corp(corp_id)}{SEP}EVENT{SEP}{event_id}", "EVENT"

@@ -420,6 +420,15 @@ def store_of(corp_id: str, userid: str) -> dict | None:
     return {"store_id": staff.store_id, "region_id": staff.region_id, "branch_id": staff.branch_id}
 
 
+def works_at(corp_id: str, userid: str, store_id: str) -> bool:
+    """Whether `userid` is active staff placed in store `store_id`."""
+    try:
+        staff = Staff.get(*keys.staff(corp_id, userid))
+    except Staff.DoesNotExist:
+        return False
+    return staff.status == "active" and staff.store_id == store_id
+
+
 def scopes_of(corp_id: str, userid: str) -> dict[str, str]:
     """Where a staff member's figures roll up: themselves, their store, region, branch, corp."""
     scopes = {"staff": userid, "corp": corp_id}

@@ -1,11 +1,15 @@
-"""Request input, checked strictly at the edge: the JSON body, the query string, path parameters.
+"""Request input at the edge: the JSON body read strictly, then the whole request (path,
+query, described headers, body) checked against its operation in docs/openapi.yaml
+(scrm.entry.ops.contract) by the `checked_request` middleware, before any route runs.
 
-Each field is declared once (type, required, nullable, bounds) and every failure is an
-Invalid naming the field, so a caller learns what to fix from the 400 itself. Strict means:
-JSON types are not coerced (true is not 1, 1.0 is not 1, "5" is not 5), unknown body fields
-and query parameters are refused rather than ignored (a typo must not silently drop a change),
-and strings have a documented maximum length. Domain modules still check meaning (is this
-userid active staff, is this a store of the corp); this module checks shape.
+A route reads what was checked: `body(router)`, `query(router)`, `header(router, name)`.
+It never parses the event itself, so a route cannot accept what its description refuses.
+
+Strict JSON, beyond what a schema can say: a key given twice in one object is refused
+(naming it: with "amount": 100, "amount": 999999 a parser keeps the last, silently), NaN
+and Infinity are not JSON, nesting deeper than MAX_DEPTH is refused before it can exhaust
+the parser's stack, the body must be UTF-8 and at most MAX_BODY_BYTES. Every failure is a
+Malformed naming the field (`body` for the body as a whole), answered 400.
 """
 from __future__ import annotations
 
@@ -14,186 +18,191 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from scrm.platform.errors import Invalid
-from scrm.store.paging import MAX_LIMIT
+from scrm.entry.ops import contract
+from scrm.platform.errors import Malformed
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+    from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
+    from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_DEPTH = 16  # the deepest body the API describes is 3 levels (a welcome's link)
 DEFAULT_LIMIT = 50
-CURSOR_MAX = 2048
-EPOCH_MAX = 4102444800  # 2100-01-01: any later "epoch seconds" is a unit mistake (milliseconds)
-FIELD_NAME_MAX = 64  # an unknown field's name is echoed back, cut to this length
-
-# Identifier shapes (WeCom's own rules where WeCom defines the identifier).
-USERID = re.compile(r"[A-Za-z0-9_.@-]{1,64}")  # WeCom: letters, digits, _-.@, 1-64
-STORE_ID = re.compile(r"[1-9][0-9]{0,9}")  # a department id
-WECOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # config_id, tag id, external_userid
-CAMPAIGN_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
-TEMPLATE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-CHANNEL = re.compile(r"[A-Za-z0-9_-]{1,16}")
-REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-CURSOR = re.compile(r"[A-Za-z0-9_=-]+")
+CONTEXT_KEY = "checked_request"
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 
 @dataclass(frozen=True)
-class Field:
-    kind: str  # JSON type, as the OpenAPI document names it: string | integer | array | object
-    required: bool = False
-    nullable: bool = False  # null accepted (PATCH: null clears the value)
-    max_length: int | None = None  # characters of a string; items of an array
-    minimum: int | None = None
-    maximum: int | None = None
-    pattern: re.Pattern | None = None  # a string, or each item of an array of strings
-    item_max: int | None = None  # characters of each item of an array of strings
-    choices: tuple[str, ...] = ()
+class Checked:
+    body: Any
+    query: dict[str, Any]
+    headers: dict[str, str]  # described headers only, by lower-case name
 
 
-def string(max_length: int, *, required: bool = False, nullable: bool = False, pattern: re.Pattern | None = None,
-           choices: tuple[str, ...] = ()) -> Field:
-    return Field("string", required, nullable, max_length=max_length, pattern=pattern, choices=choices)
+# --- strict JSON ------------------------------------------------------------------------
+class _Duplicate(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
 
 
-def integer(minimum: int, maximum: int, *, required: bool = False, nullable: bool = False) -> Field:
-    return Field("integer", required, nullable, minimum=minimum, maximum=maximum)
-
-
-def strings(max_items: int, item_max: int, *, pattern: re.Pattern | None = None, required: bool = False,
-            nullable: bool = False) -> Field:
-    return Field("array", required, nullable, max_length=max_items, pattern=pattern, item_max=item_max)
-
-
-def json_object(*, required: bool = False, nullable: bool = False) -> Field:
-    return Field("object", required, nullable)
-
-
-def epoch(*, required: bool = False, nullable: bool = False) -> Field:
-    return integer(0, EPOCH_MAX, required=required, nullable=nullable)
-
-
-PAGE = {"limit": integer(1, MAX_LIMIT), "cursor": string(CURSOR_MAX, pattern=CURSOR)}
-
-
-# --- checking one value ---------------------------------------------------------------
-def _string(name: str, value: Any, spec: Field) -> str:
-    if not isinstance(value, str):
-        raise Invalid("must be a string", name)
-    if not value.strip():
-        raise Invalid("must not be empty", name)
-    if spec.max_length is not None and len(value) > spec.max_length:
-        raise Invalid(f"must be at most {spec.max_length} characters", name)
-    if spec.choices and value not in spec.choices:
-        raise Invalid(f"must be one of {', '.join(spec.choices)}", name)
-    if spec.pattern is not None and not spec.pattern.fullmatch(value):
-        raise Invalid(f"must match {spec.pattern.pattern}", name)
-    return value
-
-
-def _integer(name: str, value: Any, spec: Field) -> int:
-    if type(value) is not int:  # noqa: E721 - bool is an int subclass and must not pass
-        raise Invalid("must be an integer", name)
-    if spec.minimum is not None and value < spec.minimum:
-        raise Invalid(f"must be at least {spec.minimum}", name)
-    if spec.maximum is not None and value > spec.maximum:
-        raise Invalid(f"must be at most {spec.maximum}", name)
-    return value
-
-
-def _array(name: str, value: Any, spec: Field) -> list[str]:
-    if not isinstance(value, list):
-        raise Invalid("must be an array of strings", name)
-    if spec.max_length is not None and len(value) > spec.max_length:
-        raise Invalid(f"must have at most {spec.max_length} items", name)
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item.strip() or (spec.item_max and len(item) > spec.item_max) or (
-                spec.pattern is not None and not spec.pattern.fullmatch(item)):
-            pattern = f" matching {spec.pattern.pattern}" if spec.pattern is not None else ""
-            raise Invalid(f"item {i} must be a string of 1-{spec.item_max} characters{pattern}", name)
-    return value
-
-
-def check(name: str, value: Any, spec: Field) -> Any:
-    if value is None:
-        if spec.nullable:
-            return None
-        raise Invalid("must not be null", name)
-    if spec.kind == "string":
-        return _string(name, value, spec)
-    if spec.kind == "integer":
-        return _integer(name, value, spec)
-    if spec.kind == "array":
-        return _array(name, value, spec)
-    if not isinstance(value, dict):
-        raise Invalid("must be an object", name)
-    return value
-
-
-# --- whole requests -------------------------------------------------------------------
 def _refuse_constant(token: str) -> None:
     raise ValueError(f"{token} is not JSON")  # Python's json would accept NaN and Infinity
 
 
-def _unknown(name: str) -> str:
-    return name[:FIELD_NAME_MAX]
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
 
 
-def body(event: dict, spec: dict[str, Field]) -> dict[str, Any]:
-    """The fields of the JSON object in the body that the request gave (absent ones left out)."""
+def _depth(text: str) -> int:
+    """How deeply arrays and objects nest, strings left out (bounded before parsing)."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub('""', text)):
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def parse_json(text: str, field: str = "body") -> Any:
+    """`text` as JSON under the strict rules above; Malformed naming `field` (or the repeated key)."""
+    if _depth(text) > MAX_DEPTH:
+        raise Malformed(f"nests deeper than {MAX_DEPTH} levels", field)
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_object)
+    except _Duplicate as dup:
+        raise Malformed("appears twice in one JSON object; give each field once",
+                      dup.key[:contract.FIELD_NAME_MAX]) from None
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        raise Malformed("is not valid JSON", field) from None
+
+
+def _raw_body(event: dict) -> str | None:
     raw = event.get("body")
     if not raw:
-        raise Invalid("a JSON object is required", "body")
+        return None
     try:
         data = base64.b64decode(raw, validate=True) if event.get("isBase64Encoded") else raw.encode("utf-8")
     except (binascii.Error, ValueError):
-        raise Invalid("is not valid base64", "body") from None
+        raise Malformed("is not valid base64", "body") from None
     if len(data) > MAX_BODY_BYTES:
-        raise Invalid(f"must be at most {MAX_BODY_BYTES} bytes", "body")
+        raise Malformed(f"must be at most {MAX_BODY_BYTES} bytes", "body")
     try:
-        parsed = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError):  # JSONDecodeError is a ValueError
-        raise Invalid("is not valid JSON", "body") from None
-    if not isinstance(parsed, dict):
-        raise Invalid("must be a JSON object", "body")
-    unknown = sorted(set(parsed) - set(spec))
-    if unknown:
-        raise Invalid("is not a known field", _unknown(unknown[0]))
-    given = {}
-    for name, field in spec.items():
-        if name in parsed:
-            given[name] = check(name, parsed[name], field)
-        elif field.required:
-            raise Invalid("is required", name)
-    return given
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Malformed("is not UTF-8", "body") from None
 
 
-def changes(event: dict, spec: dict[str, Field]) -> dict[str, Any]:
-    """A PATCH body: like `body`, and it must name at least one field to change."""
-    fields = body(event, spec)
-    if not fields:
-        raise Invalid("names nothing to change", "body")
-    return fields
-
-
-def query(event: dict, spec: dict[str, Field]) -> dict[str, Any]:
-    """Query parameters, each converted to its field's type (API Gateway joins repeats with ',')."""
+# --- the request against its operation ------------------------------------------------------
+def _query(event: dict, op: contract.Operation) -> dict[str, Any]:
     params = event.get("queryStringParameters") or {}
-    unknown = sorted(set(params) - set(spec))
+    described = op.of("query")
+    unknown = sorted(set(params) - set(described))
     if unknown:
-        raise Invalid("is not a known query parameter", _unknown(unknown[0]))
+        raise Malformed("is not a known query parameter", unknown[0][:contract.FIELD_NAME_MAX])
     given: dict[str, Any] = {}
-    for name, field in spec.items():
+    for name, param in described.items():
         if name not in params:
-            if field.required:
-                raise Invalid("is required", name)
+            if param.required:
+                raise Malformed("is required", name)
             continue
-        value: Any = params[name]
-        if field.kind == "integer":
-            if not re.fullmatch(r"[0-9]{1,10}", value):
-                raise Invalid("must be an integer", name)
+        value: Any = params[name]  # API Gateway joins a repeated parameter with ','
+        if param.integer and contract.QUERY_INTEGER.fullmatch(value):
             value = int(value)
-        given[name] = check(name, value, field)
+        contract.check(param.validator, value, name)
+        given[name] = value
     return given
+
+
+def _path(event: dict, op: contract.Operation) -> None:
+    values = event.get("pathParameters") or {}
+    for name, param in op.of("path").items():
+        contract.check(param.validator, values.get(name, ""), name)
+
+
+def _headers(event: dict, op: contract.Operation) -> dict[str, str]:
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    given = {}
+    for name, param in op.of("header").items():
+        if name not in headers:
+            if param.required:
+                raise Malformed("is required", param.name)
+            continue
+        contract.check(param.validator, headers[name], param.name)
+        given[name] = headers[name]
+    return given
+
+
+def _body(event: dict, op: contract.Operation) -> Any:
+    text = _raw_body(event)
+    if op.body is None:
+        if text is not None:
+            raise Malformed("this route takes no body", "body")
+        return None
+    if text is None:
+        if op.body_required:
+            raise Malformed("a JSON object is required", "body")
+        return None
+    value = parse_json(text)
+    contract.check(op.body, value, "")
+    return value
+
+
+def check_request(event: dict, op: contract.Operation) -> Checked:
+    """Every part of the request against `op`, in the order a caller reads the URL: path, query,
+    headers, body. Malformed at the first part that does not match."""
+    _path(event, op)
+    query = _query(event, op)
+    headers = _headers(event, op)
+    return Checked(_body(event, op), query, headers)
+
+
+def openapi_path(route_path: str) -> str:
+    """A Powertools route path (/ops/ways/<id>) in OpenAPI form (/ops/ways/{id})."""
+    return route_path.replace("<", "{").replace(">", "}")
+
+
+def checked_request(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response:
+    """Global middleware: the matched route's request checked against its description."""
+    route = app.context.get("_route")
+    # Powertools serves a path no route matches through a catch-all route of its own: its 404
+    registered = route is not None and (route in app._static_routes or route in app._dynamic_routes)  # noqa: SLF001
+    if registered:
+        op = contract.operation(route.method, openapi_path(route.path))
+        app.append_context(**{CONTEXT_KEY: check_request(app.current_event.raw_event, op)})
+    return next_middleware(app)
+
+
+# --- what routes read -------------------------------------------------------------------------
+def _checked(router: BaseRouter) -> Checked:
+    return router.context[CONTEXT_KEY]
+
+
+def body(router: BaseRouter) -> dict[str, Any]:
+    """The checked JSON body (a route with a required body always has one)."""
+    return dict(_checked(router).body or {})
+
+
+def query(router: BaseRouter) -> dict[str, Any]:
+    return dict(_checked(router).query)
+
+
+def header(router: BaseRouter, name: str) -> str | None:
+    """A described header as checked (None when absent, or when no route matched)."""
+    checked = router.context.get(CONTEXT_KEY)
+    return checked.headers.get(name.lower()) if checked is not None else None
 
 
 def page_args(params: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +214,7 @@ def listing(items: list, next_cursor: str | None) -> dict[str, Any]:
     return {"items": items, "next_cursor": next_cursor}
 
 
-def path(value: str, name: str, pattern: re.Pattern, max_length: int = 64) -> str:
-    """A path parameter, percent-decoded once as API Gateway decodes pathParameters."""
-    return _string(name, unquote(value), string(max_length, pattern=pattern))
+def path(value: str) -> str:
+    """A path parameter as the route receives it (percent-encoded in the raw path), decoded once
+    as API Gateway decodes pathParameters, which the description already checked."""
+    return unquote(value)

@@ -58,6 +58,8 @@ BLOCK_REFRESH = 10.0
 MINUTE_BLOCK = 60.0
 HOUR_BLOCK = 3600.0
 DEFAULT_EXPIRES_IN = 7200.0
+QUOTE_MAX = 300  # characters of an unexpected answer quoted in the error
+NO_ANSWER = "no answer: "  # errmsg prefix of a failure that got no answer from WeCom at all
 
 # One Session per process: connections to WeCom are pooled across calls and clients. The
 # pool is wider than requests' default 10 so fan-out threads don't discard connections.
@@ -94,6 +96,23 @@ def forget_caches() -> None:
 
 def _errcode(data: dict) -> int:
     return int(data.get("errcode") or 0)
+
+
+def _quoted(resp: requests.Response, params: dict) -> str:
+    """What WeCom (or a proxy before it) said with an unexpected answer: its errcode and errmsg when
+    the body is WeCom's JSON, else the start of the body; the token and the secret masked."""
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "errcode" in data:
+        text = f"errcode {data.get('errcode')}: {data.get('errmsg', '')}"
+    else:
+        text = " ".join(resp.text.split())[:QUOTE_MAX] or "empty body"
+    for secret in (params.get("access_token"), params.get("corpsecret")):
+        if secret:
+            text = text.replace(str(secret), "***")
+    return text
 
 
 class WeComClient:
@@ -191,20 +210,21 @@ class WeComClient:
             raise ConfigurationError(-1, f"bad WeCom endpoint ({type(err).__name__}); check WECOM_API_BASE",
                                      api) from None
         except requests.ConnectTimeout:
-            raise TransientError(-1, "connect timeout", api) from None
+            raise TransientError(-1, f"{NO_ANSWER}connect timeout", api) from None
         except requests.RequestException as err:  # read timeout, reset, protocol error: maybe applied
-            raise TransientError(-1, type(err).__name__, api, outcome_unknown=True) from None
+            raise TransientError(-1, f"{NO_ANSWER}{type(err).__name__}", api, outcome_unknown=True) from None
         status = resp.status_code
         if status >= 500 or status == 429:
-            raise TransientError(-1, f"HTTP {status}", api, http_status=status, outcome_unknown=status >= 500)
+            raise TransientError(-1, _quoted(resp, params), api, http_status=status, outcome_unknown=status >= 500)
         if status >= 400:
-            raise ConfigurationError(-1, f"HTTP {status}; check WECOM_API_BASE and proxies", api, http_status=status)
+            raise ConfigurationError(-1, _quoted(resp, params), api, http_status=status)
         try:
             data = resp.json()
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            raise TransientError(-1, "answer is not a JSON object", api, http_status=status, outcome_unknown=True)
+            raise TransientError(-1, f"not a JSON object: {_quoted(resp, params)}", api, http_status=status,
+                                 outcome_unknown=True)
         return data
 
     def _timeout_for(self, api: str, deadline: float | None) -> tuple[float, float]:
@@ -213,7 +233,7 @@ class WeComClient:
         if deadline is not None:
             left = deadline - self._clock()
             if left <= 0:
-                raise TransientError(-1, "deadline passed", api)
+                raise TransientError(-1, f"{NO_ANSWER}deadline passed", api)
             timeout = min(timeout, left)
         return timeout, timeout
 

@@ -36,6 +36,7 @@ from typing import Callable
 from pynamodb.exceptions import DoesNotExist, UpdateError
 
 from scrm.platform.observability import log
+from scrm.platform.times import readable
 from scrm.store import keys
 from scrm.store.models import AccessToken, condition_failed
 from scrm.wecom.apis.errors import ConfigurationError, TransientError
@@ -136,7 +137,7 @@ class TokenStore:
                     return self._refresh(corp_id, agent_id, leased, owner, fetch)
             elif row.lease_owner and row.lease_owner.startswith(FAILED_PREFIX):
                 raise ConfigurationError(int(row.lease_owner[len(FAILED_PREFIX):]),
-                                         f"gettoken failed recently; not retried before {row.lease_until:.0f}",
+                                         f"gettoken failed recently; not retried before {readable(row.lease_until)}",
                                          "gettoken")
             if self._clock() + self._poll_interval > give_up:
                 raise TransientError(-1, "timed out waiting for another worker's token refresh", "gettoken")
