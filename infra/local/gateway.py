@@ -23,13 +23,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 import jwt
 
 from infra.local.functions import FunctionError
+from infra.local.moto_server import LocalServer
 from infra.local.template import ACCOUNT_ID, NoSuchFunction, Route
 
 log = logging.getLogger("infra.local.gateway")
@@ -238,8 +239,7 @@ class Gateway:
         self.invoke = invoke
         self.controls = controls
         self.stage = stage
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_class(self))
-        self._server.daemon_threads = True
+        self._server = LocalServer(("127.0.0.1", port), _handler_class(self))
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="gateway", daemon=True)
 
     @property

@@ -138,6 +138,14 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
         pass  # one line per request otherwise
 
 
+class LocalServer(ThreadingHTTPServer):
+    """A thread per connection, and room for many connections arriving at once: the default
+    backlog of 5 resets the rest, or delays them a second and more while the client retries."""
+
+    daemon_threads = True
+    request_queue_size = 1024
+
+
 class _ServerRequest(MotoRequest):
     from_wsgi_server = True  # as moto's own server marks its requests
 
@@ -261,8 +269,7 @@ def serve(port: int, ready: IO[str]) -> None:
     install_fast_queries()
     app = RequestCounter(SerializedDynamoDB(DirectDispatch(DomainDispatcherApplication(create_backend_app))))
     handler = type("Handler", (KeepAliveHandler,), {"app": staticmethod(app)})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
+    server = LocalServer(("127.0.0.1", port), handler)
     ready.write(json.dumps({"port": server.server_address[1]}) + "\n")
     ready.flush()
     server.serve_forever()

@@ -377,7 +377,7 @@ class WeComSimulator:
     def start(self, host: str = "127.0.0.1", port: int = 8900) -> tuple[ThreadingHTTPServer, threading.Thread]:
         if host != "127.0.0.1":
             raise ValueError("the simulator binds to 127.0.0.1 only")
-        server = ThreadingHTTPServer((host, int(port)), _Handler)
+        server = _Server((host, int(port)), _Handler)
         server.sim = self  # type: ignore[attr-defined]
         # A short poll interval makes stop() quick (shutdown waits for the next poll).
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="wecom-sim", daemon=True)
@@ -1308,6 +1308,10 @@ class WeComSimulator:
             return 400, {"error": exc.errmsg, "errcode": exc.errcode}
         except (TypeError, ValueError, KeyError) as exc:
             return 400, {"error": repr(exc)}
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # many workers' connections at once: the default 5 resets the rest
 
 
 class _Handler(BaseHTTPRequestHandler):
