@@ -15,9 +15,12 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import requests
 
+ROOT = Path(__file__).resolve().parents[2]
+LOGS = ROOT / ".local" / "logs" / "demo"
 STORE = "1001"
 STAFF = [("zhangsan", "张三"), ("lisi", "李四"), ("wangwu", "王五")]
 MORNING = ["zhangsan", "zhangsan", "lisi", "zhangsan", "wangwu", "lisi", "zhangsan", "wangwu", "lisi", "zhangsan"]
@@ -65,12 +68,8 @@ class Demo:
     # -- headquarters sets up the store ---------------------------------------------------
     def org(self) -> None:
         step("1. The org tree comes from WeCom's address book")
-        corp = self.corp_id
-        seed_store(self.sim, corp)
-        from scrm.domain.org import tree as org
-        from scrm.wecom.apis.client import for_corp
-
-        report = org.full_sync(for_corp(corp), corp)
+        seed_store(self.sim, self.corp_id)
+        report = self.stack.fire_schedule("OrgSyncFunction")["synced"][0]  # the nightly sync, run now
         say(f"   synced {report['departments']} departments, {report['staff']} staff; "
             f"branch → region → store by depth")
         stores = self.api("GET", "/stores").json()["items"]
@@ -113,6 +112,9 @@ class Demo:
     # -- the morning ------------------------------------------------------------------------
     def morning(self) -> None:
         step("4. The morning: customers scan at the till")
+        # Instances ready before the store opens, as provisioned concurrency would have them.
+        self.stack.warm({name: self.stack.functions[name].max_instances
+                         for name in ("CallbackFunction", "WelcomeFunction", "WorkerFunction")})
         self.sim.set_faults(0.2, ["-1", "45033", "http502"], seed=7)
         say("   WeCom's API fails 20% of calls (-1, 45033, HTTP 502); some callbacks are re-sent 3 times")
         self.customers: list[tuple[str, str]] = []
@@ -239,18 +241,26 @@ def _summary(nightly: dict) -> str:
     return "; ".join(parts)
 
 
+def quiet_output(logs: Path) -> None:
+    """Only the story on the terminal: the stack's own log and Python's warnings go to
+    `logs`/stack.log (the functions write theirs under `logs`/<FunctionId>/), and this
+    process's own use of the scrm package logs only warnings."""
+    logs.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, filename=logs / "stack.log", filemode="w",
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    logging.captureWarnings(True)
+    os.environ["POWERTOOLS_LOG_LEVEL"] = "WARNING"
+
+
 def main() -> int:
     os.environ.setdefault("SCRM_HTTP_PORT", "0")  # never clash with a running `make up`
     os.environ.setdefault("SCRM_SIM_PORT", "0")
-    # The functions' JSON logs and metrics would drown the story; `make up` shows them.
-    os.environ.setdefault("SCRM_PARAMETER_OVERRIDES", "LogLevel=CRITICAL")
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    logging.basicConfig(level=logging.CRITICAL)
+    quiet_output(LOGS)
     from infra.local.stack import LocalStack
 
-    say("Starting the local stack (moto, gateway, pollers, WeCom simulator) from template.yaml ...")
+    say("Starting the local stack (moto, each function in processes of its own, gateway, pollers, WeCom simulator) ...")
     started = time.time()
-    with LocalStack() as stack:
+    with LocalStack(logs=LOGS) as stack:
         say(f"   up in {time.time() - started:.1f} s; gateway {stack.gateway_url}, corp {stack.corps[0].corp_id}")
         demo = Demo(stack)
         for part in (demo.org, demo.offer, demo.codes, demo.morning, demo.till, demo.churn, demo.night, demo.table):
@@ -258,7 +268,9 @@ def main() -> int:
     say()
     if demo.problems:
         say(f"{len(demo.problems)} check(s) failed: " + "; ".join(demo.problems))
+        say(f"The functions' logs are in {LOGS.relative_to(ROOT)}/<FunctionId>/, one file per instance.")
         return 1
+    say(f"The functions' logs are in {LOGS.relative_to(ROOT)}/<FunctionId>/, one file per instance.")
     say("All checks held. `make up` runs the same stack in the foreground; see README.md.")
     return 0
 

@@ -23,12 +23,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 import jwt
 
+from infra.local.functions import FunctionError
+from infra.local.moto_server import LocalServer
 from infra.local.template import ACCOUNT_ID, NoSuchFunction, Route
 
 log = logging.getLogger("infra.local.gateway")
@@ -237,8 +239,7 @@ class Gateway:
         self.invoke = invoke
         self.controls = controls
         self.stage = stage
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_class(self))
-        self._server.daemon_threads = True
+        self._server = LocalServer(("127.0.0.1", port), _handler_class(self))
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="gateway", daemon=True)
 
     @property
@@ -275,6 +276,9 @@ class Gateway:
                            target_route.route.route_key, params, stage, source_ip, claims)
         try:
             return http_response(self.invoke(target_route.function, event))
+        except FunctionError as err:  # its traceback is in the function's own log
+            log.error("%s on %s %s", err, method, raw_path)
+            return _json(*INTERNAL_ERROR)
         except Exception:  # noqa: BLE001 - API Gateway answers 500 whatever the function did
             log.exception("%s failed on %s %s", target_route.function, method, raw_path)
             return _json(*INTERNAL_ERROR)
@@ -290,6 +294,9 @@ class Gateway:
                 return 200, {"function": parts[2], "result": self.controls.fire_schedule(parts[2])}
             except NoSuchFunction as err:
                 return 404, {"message": str(err)}
+            except FunctionError as err:
+                log.error("scheduled run failed: %s", err)
+                return INTERNAL_ERROR
             except Exception:  # noqa: BLE001 - report the failure, keep serving
                 log.exception("scheduled run of %s failed", parts[2])
                 return INTERNAL_ERROR
@@ -303,19 +310,27 @@ def _json(status: int, payload: Any) -> tuple[int, list[tuple[str, str]], bytes]
 def _handler_class(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body leave in one write, at once: written apart on a kept-open
+        # connection, the body would wait out the client's delayed ACK (40 ms).
+        wbufsize = -1
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             status, headers, data = gateway.handle(self.command, self.path, list(self.headers.items()), body,
                                                    self.client_address[0])
-            self.send_response(status)
-            for name, value in headers:
-                self.send_header(name, value)
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
+            try:
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting, as WeCom does after 5 s
+                log.warning("%s %s: the client left before the answer", self.command, self.path.partition("?")[0])
+                self.close_connection = True
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 

@@ -5,10 +5,16 @@ every message on success; with ReportBatchItemFailures all but those reported fa
 none if the function raised (they come back after the visibility timeout).
 
 Like Lambda, which runs several invocations per standard queue at once, each queue here
-has up to SCRM_LOCAL_POLLERS (default 5) batches in flight: one slow batch never holds up
-the messages behind it. A single thread per queue does the receiving, though: moto's SQS
-does not lock, and concurrent ReceiveMessage calls on one queue miscount receives (and so
-dead-letter a message early).
+has several batches in flight (the event source's ScalingConfig.MaximumConcurrency, else
+as many as the function has instances): one slow batch never holds up the messages behind
+it. A single thread per queue does the receiving, though: moto's SQS does not lock, and
+concurrent ReceiveMessage calls on one queue miscount receives (and so dead-letter a
+message early).
+
+The poller runs in the stack's process, as Lambda's event source mapping runs outside the
+function: `invoke` hands each batch to an instance of the function (infra/local/functions.py).
+Every event source of the stack offers what `QueuePoller` does: start(), join(timeout) once
+the stack's `stopping` event is set, and idle() for LocalStack.drain().
 
 Dead-lettering is left to moto: on ReceiveMessage it moves a visible message whose
 receive count has reached the RedrivePolicy's maxReceiveCount to the dead-letter queue
@@ -18,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +34,6 @@ from botocore.config import Config
 from infra.local.template import LocalQueue, SqsSource
 
 log = logging.getLogger("infra.local.pollers")
-CONCURRENCY = int(os.environ.get("SCRM_LOCAL_POLLERS", "5"))
 
 
 def _message_attribute(value: dict) -> dict:
@@ -77,7 +81,7 @@ def failed_ids(result: Any, message_ids: set[str]) -> set[str]:
 
 class QueuePoller:
     def __init__(self, function: str, source: SqsSource, queue: LocalQueue, endpoint: str, region: str,
-                 invoke: Callable[[str, dict], Any], stopping: threading.Event):
+                 invoke: Callable[[str, dict], Any], stopping: threading.Event, concurrency: int):
         self.function = function
         self.source = source
         self.queue = queue
@@ -86,7 +90,8 @@ class QueuePoller:
         self.stopping = stopping
         self.sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region,
                                 config=Config(retries={"max_attempts": 2}, connect_timeout=2, read_timeout=10))
-        self.slots = threading.Semaphore(max(1, CONCURRENCY))
+        self.concurrency = max(1, concurrency)
+        self.slots = threading.Semaphore(self.concurrency)
         self.thread = threading.Thread(target=self._run, name=f"poller-{queue.name}", daemon=True)
         self.batches: list[threading.Thread] = []
 
@@ -97,6 +102,15 @@ class QueuePoller:
         self.thread.join(timeout)
         for batch in list(self.batches):
             batch.join(timeout)
+
+    def idle(self) -> bool:
+        """No batch in hand and nothing in the queue: visible, in flight or delayed."""
+        if any(batch.is_alive() for batch in self.batches):
+            return False
+        attrs = self.sqs.get_queue_attributes(QueueUrl=self.queue.url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed"])["Attributes"]
+        return not any(int(n) for n in attrs.values())
 
     def _run(self) -> None:
         while not self.stopping.is_set():
@@ -139,10 +153,11 @@ class QueuePoller:
             self.slots.release()
 
     def _settle(self, messages: list[dict]) -> None:
+        log.debug("%s: %d message(s) from %s", self.function, len(messages), self.queue.name)
         try:
             result = self.invoke(self.function, sqs_event(messages, self.queue.arn, self.region))
-        except Exception:  # noqa: BLE001 - a failed invocation leaves the batch to SQS
-            log.exception("%s failed on a batch of %d from %s", self.function, len(messages), self.queue.name)
+        except Exception as err:  # noqa: BLE001 - a failed invocation leaves the batch to SQS
+            log.warning("%s failed on a batch of %d from %s: %s", self.function, len(messages), self.queue.name, err)
             return
         keep = failed_ids(result, {m["MessageId"] for m in messages}) if self.source.report_batch_item_failures \
             else set()

@@ -2,19 +2,30 @@
 
     python -m infra.local.stack        # foreground; Ctrl-C (or SIGTERM) stops everything
 
-One process holds it all: a moto server (DynamoDB, SQS, Secrets Manager) with the
-template's tables and queues, the WeCom simulator, an HTTP gateway for the HttpApi
-routes, one poller per SQS event source, and the functions imported in-process and
-called with real Lambda event shapes. Everything listens on 127.0.0.1 only.
+Closer to Lambda than one process could be, it runs:
+  * a moto server (DynamoDB, SQS, Secrets Manager) in a process of its own, with the
+    template's tables and queues (infra/local/moto_server.py);
+  * every function in processes of its own, as Lambda runs each in sandboxes of its own:
+    its own environment variables (its template variables and the Lambda runtime's, no
+    one else's), its own Powertools Logger and service name, one invocation per instance,
+    more instances when invocations overlap (infra/local/functions.py);
+  * in this process: the WeCom simulator, an HTTP gateway for the HttpApi routes, and one
+    poller per event source mapping, which hand events to the functions' instances.
+Everything listens on 127.0.0.1 only.
 
 Environment (all optional):
   SCRM_MOTO_PORT          moto server port (default 0: any free port)
   SCRM_HTTP_PORT          gateway port (default 3000; 0: any free port)
   SCRM_SIM_PORT           WeCom simulator port (default 8900; 0: any free port)
   WECOM_API_BASE          use this WeCom API instead of starting the simulator
-  SCRM_LOCAL_VISIBILITY   the queues' VisibilityTimeout locally, in seconds (default 3): with the
-                          template's 180 s every retry, and the way to the dead-letter queue, would
-                          take minutes; a queue whose template value is lower keeps it
+  SCRM_LOCAL_VISIBILITY   the queues' VisibilityTimeout locally, in seconds (default 3), or
+                          "template" for the template's own values: with the template's 180 s
+                          every retry, and the way to the dead-letter queue, takes minutes; a
+                          queue whose template value is lower keeps it
+  SCRM_LOCAL_CONCURRENCY  instances (processes) a function may have at once (default 4); a
+                          function's ReservedConcurrentExecutions, when lower, wins
+  SCRM_LOCAL_LOGS         a directory for the functions' logs, one file per instance under
+                          <dir>/<FunctionId>/ (default: they print to this terminal)
   SCRM_LOCAL_CORPS        JSON file with a list of {corp_id, token, encoding_aes_key, secret,
                           agent_id}; without it a throwaway demo corp is generated
   SCRM_PARAMETER_OVERRIDES  template parameters, as for `sam deploy`: "Key=Value Key2=Value2"
@@ -28,18 +39,12 @@ start, mints a token per registered corp (iss and aud from the template paramete
 through `ops_token(corp_id)`. `python -m infra.local.stack` also writes the endpoints and the
 tokens to .local/stack.json (removed when it stops), where the operator commands find them.
 
-The functions share one process, so os.environ holds the union of their variables. A
-variable whose value differs between functions is set to each function's own value while
-its module is imported (Powertools reads POWERTOOLS_SERVICE_NAME then, building Logger,
-Metrics and Tracer); any other such variable is also set during each invocation of that
-function, under a lock that makes those invocations run one at a time. With the current
-template only POWERTOOLS_SERVICE_NAME differs, so invocations run concurrently, as separate
-Lambdas would. (scrm.platform.observability's Logger is built once per process, so log lines carry
-the service name of the function imported first.)
+This process is set up as an operator's shell would be: os.environ points at the local
+AWS and holds the variables every function agrees on (TABLE_NAME, the queue URLs, ...), so
+tests, the demo and the operator commands can use the scrm package against the stack.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -51,8 +56,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +66,22 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from infra.local import template as tpl
+from infra.local.functions import FunctionPool, lambda_environment
 from infra.local.gateway import Gateway, JwtAuthorizer, Target
-from infra.local.moto_server import LocalMotoServer
+from infra.local.moto_server import MotoProcess
 from infra.local.pollers import QueuePoller
+from infra.local.runtime import LambdaContext
 
 log = logging.getLogger("infra.local.stack")
 
-# Read when Powertools objects are built at import, never during an invocation.
-READ_AT_IMPORT = frozenset({"POWERTOOLS_SERVICE_NAME"})
 SQS_DEFAULT_VISIBILITY = 30
+TEMPLATE_VISIBILITY = "template"  # as `visibility`: every queue keeps the template's VisibilityTimeout
+DEFAULT_VISIBILITY = 3
+DEFAULT_CONCURRENCY = 4
+# Instances of functions that no HTTP route invokes run at this lower CPU priority: on Lambda
+# every sandbox has CPU of its own, here all share a few cores, and a request waiting on the
+# gateway (WeCom allows the callback 5 s) must not queue behind a backlog of queued work.
+BACKGROUND_NICENESS = 5
 DEMO_CORP_ID = "wwdemo0001"
 DEMO_AGENT_ID = "1000002"
 _ALNUM = string.ascii_letters + string.digits
@@ -97,23 +109,6 @@ class LocalIdentityProvider:
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.key_id})
 
 
-class LambdaContext:
-    """The attributes of the Lambda context object that functions and Powertools read."""
-
-    def __init__(self, fn: tpl.Function, region: str):
-        self.function_name = fn.logical_id
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = f"arn:aws:lambda:{region}:{tpl.ACCOUNT_ID}:function:{fn.logical_id}"
-        self.memory_limit_in_mb = fn.memory
-        self.aws_request_id = str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/{fn.logical_id}"
-        self.log_stream_name = f"local/{self.aws_request_id}"
-        self._deadline = time.monotonic() + fn.timeout
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-
 def demo_corp(corp_id: str = DEMO_CORP_ID):
     """A throwaway corp with random credentials in WeCom's formats."""
     from scrm.platform.credentials import CorpCredentials
@@ -127,17 +122,16 @@ def demo_corp(corp_id: str = DEMO_CORP_ID):
     )
 
 
-def plan_environment(envs: dict[str, dict[str, str]]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """(variables every function agrees on, per function: the ones it must set per invocation)."""
+def shared_environment(envs: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The variables whose value is the same in every function that has them (TABLE_NAME, the
+    queue URLs, ...): what an operator's shell gets. Powertools' settings stay the functions'
+    own: this process's logging is its own business (the demo keeps its output quiet)."""
     values: dict[str, set[str]] = {}
     for env in envs.values():
         for name, value in env.items():
-            values.setdefault(name, set()).add(value)
-    agreed = {name for name, vals in values.items() if len(vals) == 1}
-    shared = {name: value for env in envs.values() for name, value in env.items() if name in agreed}
-    per_call = {fn: {k: v for k, v in env.items() if k not in agreed and k not in READ_AT_IMPORT}
-                for fn, env in envs.items()}
-    return shared, per_call
+            if not name.startswith("POWERTOOLS_"):
+                values.setdefault(name, set()).add(value)
+    return {name: next(iter(vals)) for name, vals in sorted(values.items()) if len(vals) == 1}
 
 
 def _check_port(port: int, variable: str) -> None:
@@ -161,17 +155,44 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value.strip() else default
 
 
+def _visibility(value: int | str | None) -> int | str:
+    if value is None:
+        value = os.environ.get("SCRM_LOCAL_VISIBILITY", "").strip() or DEFAULT_VISIBILITY
+    if value == TEMPLATE_VISIBILITY:
+        return value
+    return int(value)
+
+
+def create_table_request(props: dict) -> dict:
+    """CreateTable parameters from a table's template properties.
+
+    Most are spelt alike; a stream is {StreamViewType} in CloudFormation and {StreamEnabled,
+    StreamViewType} in the API. Encryption, point-in-time recovery and deletion policies have
+    no local meaning."""
+    request = {k: props[k] for k in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes",
+                                     "LocalSecondaryIndexes", "BillingMode", "ProvisionedThroughput") if k in props}
+    stream = props.get("StreamSpecification")
+    if stream:
+        request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream["StreamViewType"]}
+    return request
+
+
 class LocalStack:
     def __init__(self, template_path: Path | str = tpl.TEMPLATE_PATH, *, moto_port: int | None = None,
-                 http_port: int | None = None, sim_port: int | None = None, visibility: int | None = None,
+                 http_port: int | None = None, sim_port: int | None = None, visibility: int | str | None = None,
                  corps: list | None = None, parameters: dict[str, str] | None = None,
-                 state_file: Path | str | None = None):
+                 state_file: Path | str | None = None, logs: Path | str | None = None,
+                 concurrency: int | None = None):
         self.template_path = Path(template_path)
         self.template = tpl.load(self.template_path)
         self.moto_port = _env_int("SCRM_MOTO_PORT", 0) if moto_port is None else moto_port
         self.http_port = _env_int("SCRM_HTTP_PORT", 3000) if http_port is None else http_port
         self.sim_port = _env_int("SCRM_SIM_PORT", 8900) if sim_port is None else sim_port
-        self.visibility = _env_int("SCRM_LOCAL_VISIBILITY", 3) if visibility is None else visibility
+        self.visibility = _visibility(visibility)
+        self.concurrency = _env_int("SCRM_LOCAL_CONCURRENCY", DEFAULT_CONCURRENCY) if concurrency is None \
+            else concurrency
+        logs = os.environ.get("SCRM_LOCAL_LOGS") or None if logs is None else logs
+        self.logs = Path(logs).resolve() if logs else None  # None: the functions print to this terminal
         self.parameters = parse_overrides(os.environ.get("SCRM_PARAMETER_OVERRIDES", "")) \
             if parameters is None else parameters
         self._corps_arg = corps
@@ -187,14 +208,15 @@ class LocalStack:
         self.corps: list = []
         self.queues: dict[str, tpl.LocalQueue] = {}
         self.table_names: dict[str, str] = {}
-        self.environments: dict[str, dict[str, str]] = {}
-        self._per_call_env: dict[str, dict[str, str]] = {}
-        self._handlers: dict[str, Any] = {}
-        self._moto: LocalMotoServer | None = None
+        self.stream_arns: dict[str, str] = {}  # table logical id -> its stream, for tables with one
+        self.environments: dict[str, dict[str, str]] = {}  # each function's resolved template variables
+        self.functions: dict[str, FunctionPool] = {}
+        # In-process stand-ins for a function, by logical id (tests): called as handler(event, context)
+        self.stand_ins: dict[str, Callable[[Any, Any], Any]] = {}
+        self._moto: MotoProcess | None = None
         self._gateway: Gateway | None = None
-        self._pollers: list[QueuePoller] = []
+        self._sources: list = []  # the pollers of the event source mappings
         self._stopping = threading.Event()
-        self._env_lock = threading.Lock()
         self._saved_env: dict[str, str | None] = {}
         self._activity = threading.Condition()
         self._in_flight = 0
@@ -226,11 +248,11 @@ class LocalStack:
             self._create_queues()
             self._start_simulator()
             self._set_function_environment()
-            self._load_functions()
+            self._start_functions()
             self._start_gateway()
             self._register_corps()
             self._mint_ops_tokens()
-            self._start_pollers()
+            self._start_event_sources()
             self._write_state()
         except BaseException:
             self.stop()
@@ -242,12 +264,15 @@ class LocalStack:
             return
         self._stopping.set()
         self._remove_state()
-        for poller in self._pollers:
-            poller.join(timeout=15)  # an invocation in progress is allowed to finish
-        self._pollers = []
+        for source in self._sources:
+            source.join(timeout=15)  # an invocation in progress is allowed to finish
+        self._sources = []
         if self._gateway:
             self._gateway.stop()
             self._gateway = None
+        for pool in self.functions.values():
+            pool.close()
+        self.functions = {}
         if self.sim:
             self.sim.stop()
             self.sim = None
@@ -263,17 +288,21 @@ class LocalStack:
         _forget_scrm_state()
         self._started = False
 
+    @property
+    def running(self) -> bool:
+        return self._started
+
     def _setenv(self, name: str, value: str) -> None:
         self._saved_env.setdefault(name, os.environ.get(name))
         os.environ[name] = value
 
     # --- resources ----------------------------------------------------------------------
     def _start_moto(self) -> None:
-        self._moto = LocalMotoServer(ip_address="127.0.0.1", port=self.moto_port, verbose=False)
-        self._moto.start()
-        host, port = self._moto.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per poll otherwise
+        self._moto = MotoProcess(self.moto_port, log=self.logs / "moto.log" if self.logs else None)
+        if self.logs:
+            self.logs.mkdir(parents=True, exist_ok=True)
+        self.endpoint = self._moto.start()
+        # This process's own clients (pollers, tests, operator commands) reach it too.
         self._setenv("AWS_ENDPOINT_URL", self.endpoint)
         self._setenv("AWS_ACCESS_KEY_ID", "testing")
         self._setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -284,7 +313,8 @@ class LocalStack:
         return boto3.client(service, endpoint_url=self.endpoint, region_name=self.region)
 
     def _resolver(self) -> tpl.Resolver:
-        return tpl.Resolver(self.template, self.table_names, self.queues, self.region, self.parameters)
+        return tpl.Resolver(self.template, self.table_names, self.queues, self.region, self.parameters,
+                            streams=self.stream_arns)
 
     def _create_tables(self) -> None:
         ddb = self._client("dynamodb")
@@ -292,15 +322,12 @@ class LocalStack:
             props = table.properties
             name = self._resolver().resolve(props["TableName"]) if "TableName" in props else table.logical_id
             self.table_names[table.logical_id] = name
-            # The properties CloudFormation and the CreateTable API spell alike; encryption,
-            # point-in-time recovery and deletion policies have no local meaning.
-            request = {k: props[k] for k in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes",
-                                             "LocalSecondaryIndexes", "BillingMode", "ProvisionedThroughput")
-                       if k in props}
             try:
-                ddb.create_table(TableName=name, **request)
+                description = ddb.create_table(TableName=name, **create_table_request(props))["TableDescription"]
             except ddb.exceptions.ResourceInUseException:
-                continue
+                description = ddb.describe_table(TableName=name)["Table"]
+            if description.get("LatestStreamArn"):
+                self.stream_arns[table.logical_id] = description["LatestStreamArn"]
             ttl = props.get("TimeToLiveSpecification")
             if ttl and ttl.get("Enabled"):
                 ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={
@@ -313,8 +340,9 @@ class LocalStack:
             resolver = self._resolver()
             name = resolver.resolve(props.pop("QueueName")) if "QueueName" in props else queue.logical_id
             tags = {t["Key"]: resolver.resolve(t["Value"]) for t in props.pop("Tags", [])}
-            props["VisibilityTimeout"] = min(int(props.get("VisibilityTimeout", SQS_DEFAULT_VISIBILITY)),
-                                             self.visibility)
+            visibility = int(resolver.resolve(props.get("VisibilityTimeout", SQS_DEFAULT_VISIBILITY)))
+            props["VisibilityTimeout"] = visibility if self.visibility == TEMPLATE_VISIBILITY \
+                else min(visibility, self.visibility)
             attributes = {}
             for key, value in props.items():
                 if key == "RedrivePolicy":
@@ -341,61 +369,63 @@ class LocalStack:
             if "WECOM_API_BASE" in env:
                 env["WECOM_API_BASE"] = self.api_base
             self.environments[fn.logical_id] = env
-        shared, self._per_call_env = plan_environment(self.environments)
-        for name, value in shared.items():
+        for name, value in shared_environment(self.environments).items():
             self._setenv(name, value)
         for layer in {layer for fn in self.template.functions.values() for layer in fn.layers}:
-            path = str(tpl.REPO_ROOT / layer)  # where Lambda unpacks a layer, /opt/python, is on sys.path
+            path = str(tpl.REPO_ROOT / layer)  # this process uses the shared package as an operator
             if path not in sys.path:
                 sys.path.insert(0, path)
         _forget_scrm_state()
 
-    @contextmanager
-    def _environment(self, env: dict[str, str]) -> Iterator[None]:
-        """`env` set in os.environ for the duration, under the lock (os.environ is process-wide)."""
-        if not env:
-            yield
-            return
-        with self._env_lock:
-            previous = {name: os.environ.get(name) for name in env}
-            os.environ.update(env)
-            try:
-                yield
-            finally:
-                for name, value in previous.items():
-                    if value is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = value
+    def max_instances(self, logical_id: str) -> int:
+        """The function's concurrency locally: the local cap, or its reserved concurrency if lower."""
+        reserved = self.template.functions[logical_id].reserved_concurrency
+        limit = self.concurrency if reserved is None else min(self.concurrency, int(self._resolver().resolve(reserved)))
+        return max(1, limit)
 
-    def _load_functions(self) -> None:
+    def _start_functions(self) -> None:
         for fn in self.template.functions.values():
-            # A unique module name: every function's file is called app.py.
-            spec = importlib.util.spec_from_file_location(f"scrm_local_fn_{fn.logical_id}", fn.module_path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            with self._environment(self.environments[fn.logical_id]):
-                spec.loader.exec_module(module)
-            self._handlers[fn.logical_id] = getattr(module, fn.handler_name)
+            environment = lambda_environment(fn, self.environments[fn.logical_id], region=self.region,
+                                             endpoint=self.endpoint, runtime=fn.runtime)
+            self.functions[fn.logical_id] = FunctionPool(fn, environment, region=self.region,
+                                                         max_instances=self.max_instances(fn.logical_id),
+                                                         logs=self.logs,
+                                                         niceness=0 if fn.routes else BACKGROUND_NICENESS)
+        self.warm({name: 1 for name in self.functions})  # the first request meets no cold start
+
+    def warm(self, instances: dict[str, int] | None = None) -> None:
+        """Start instances now, all at once, so that a burst meets no cold start (as provisioned
+        concurrency does): `instances` by function, each function's maximum if not given."""
+        wanted = instances if instances is not None else {name: pool.max_instances
+                                                          for name, pool in self.functions.items()}
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=_collect(errors, self.functions[name].warm, count), name=f"warm-{name}")
+                   for name, count in wanted.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
 
     def invoke(self, logical_id: str, event: dict) -> Any:
-        """Call a function's handler as Lambda would; its exception propagates."""
-        if logical_id not in self._handlers:
-            raise tpl.NoSuchFunction(f"no function {logical_id!r} (known: {', '.join(self._handlers)})")
-        fn = self.template.functions[logical_id]
-        context = LambdaContext(fn, self.region)
+        """Invoke a function as Lambda would (synchronously) and return its result.
+
+        A failed invocation raises FunctionError with Lambda's errorType: the handler's
+        exception type, Sandbox.Timedout past the function's Timeout, Runtime.ExitError if
+        its instance died."""
+        if logical_id not in self.functions:
+            raise tpl.NoSuchFunction(f"no function {logical_id!r} (known: {', '.join(self.functions)})")
         with self._activity:
             self._in_flight += 1
             self._invocations += 1
-        started = time.monotonic()
         try:
-            with self._environment(self._per_call_env[logical_id]):
-                return self._handlers[logical_id](event, context)
+            stand_in = self.stand_ins.get(logical_id)
+            if stand_in is not None:
+                fn = self.template.functions[logical_id]
+                return stand_in(event, LambdaContext.local(fn.logical_id, fn.memory, fn.timeout, self.region))
+            return self.functions[logical_id].invoke(event)
         finally:
-            elapsed = time.monotonic() - started
-            if elapsed > fn.timeout:
-                log.warning("%s ran %.1f s, over its Timeout of %d s: Lambda would have stopped it",
-                            logical_id, elapsed, fn.timeout)
             with self._activity:
                 self._in_flight -= 1
                 self._activity.notify_all()
@@ -498,13 +528,26 @@ class LocalStack:
         if self.ops_authorizer is not None:
             self._ops_tokens = {c.corp_id: self.mint_token(self.ops_claims(c.corp_id)) for c in self.corps}
 
-    def _start_pollers(self) -> None:
+    def _event_sources(self) -> list:
+        """One poller per event source mapping of the template, each handing its batches to
+        `self.invoke` from this process, as Lambda's pollers run outside the function.
+
+        A poller offers start(); join(timeout), once `self._stopping` is set; and idle(): no
+        batch in hand and nothing left to read, which drain() asks of every poller."""
+        sources = []
         for fn in self.template.functions.values():
             for source in fn.sqs_sources:
-                poller = QueuePoller(fn.logical_id, source, self.queues[source.queue], self.endpoint, self.region,
-                                     self.invoke, self._stopping)
-                poller.start()
-                self._pollers.append(poller)
+                limit = self.max_instances(fn.logical_id)
+                if source.maximum_concurrency is not None:
+                    limit = min(limit, int(self._resolver().resolve(source.maximum_concurrency)))
+                sources.append(QueuePoller(fn.logical_id, source, self.queues[source.queue], self.endpoint,
+                                           self.region, self.invoke, self._stopping, concurrency=limit))
+        return sources
+
+    def _start_event_sources(self) -> None:
+        self._sources = self._event_sources()
+        for source in self._sources:
+            source.start()
 
     # --- what tests, the demo and /_local/ use --------------------------------------------
     def ops_claims(self, corp_id: str, now: float | None = None) -> dict:
@@ -577,10 +620,16 @@ class LocalStack:
             }
         return depths
 
+    def aws_requests(self, function: str | None = None) -> Counter:
+        """The requests the moto server has served so far, by "service:Operation": those of
+        one function's instances, or of everyone (this process included)."""
+        return self._moto.request_counts(function)
+
     def health(self) -> dict:
         return {
             "status": "ok",
-            "functions": sorted(self._handlers),
+            "functions": sorted(self.functions),
+            "instances": {name: pool.pids() for name, pool in self.functions.items()},
             "tables": self.table_names,
             "queues": self.queue_urls,
             "wecom_api_base": self.api_base,
@@ -588,28 +637,31 @@ class LocalStack:
         }
 
     def drain(self, timeout: float = 30) -> None:
-        """Return once every queue a function consumes is empty and no invocation runs.
+        """Return once no invocation runs and every event source is idle (its queue or stream
+        read to the end, no batch in hand), with nothing started in between.
 
         Failed messages count as not drained until they succeed or reach the dead-letter
         queue, so this also waits for retries (each one VisibilityTimeout later)."""
-        sources = {s.queue for fn in self.template.functions.values() for s in fn.sqs_sources}
         deadline = time.monotonic() + timeout
         while True:
             with self._activity:
                 busy, seen = self._in_flight, self._invocations
-            depths = self.queue_depths(sources) if busy == 0 else {}
-            if busy == 0 and not any(n for d in depths.values() for n in d.values()):
+            waiting = [] if busy else [source for source in self._sources if not source.idle()]
+            if busy == 0 and not waiting:
                 with self._activity:
                     # Nothing started meanwhile that could have sent a message after we looked.
                     if self._in_flight == 0 and self._invocations == seen:
                         return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"not drained after {timeout} s: {busy} invocation(s) running, queues {depths}")
-            time.sleep(0.1)
+                sources = {s.queue.name if hasattr(s, "queue") else repr(s) for s in waiting}
+                raise TimeoutError(f"not drained after {timeout} s: {busy} invocation(s) running, "
+                                   f"not idle: {sorted(sources) or 'none'}; queues {self.queue_depths()}")
+            with self._activity:
+                self._activity.wait(0.1)
 
     def describe(self) -> str:
         lines = [f"SCRM local stack from {self.template_path}",
-                 f"  AWS (moto: DynamoDB, SQS, Secrets Manager)  {self.endpoint}",
+                 f"  AWS (moto: DynamoDB, SQS, Secrets Manager)  {self.endpoint}  (process {self._moto.pid})",
                  f"  HTTP API                                    {self.gateway_url}"]
         targets = self._gateway.targets if self._gateway else []
         authorized = {(t.function, t.route.event) for t in targets if t.authorizer}
@@ -625,14 +677,23 @@ class LocalStack:
         for queue in self.template.queues_in_creation_order():
             extra = f" -> {queue.dlq} after {queue.max_receive_count} receives" if queue.dlq else ""
             lines.append(f"  queue {queue.logical_id}: {self.queues[queue.logical_id].url}{extra}")
+        where = f"logs in {self.logs}/<FunctionId>/" if self.logs else "logs here (SCRM_LOCAL_LOGS: to files)"
+        lines.append(f"  functions: one process per instance, up to {self.concurrency} each "
+                     f"(SCRM_LOCAL_CONCURRENCY); {where}")
+        for name, pool in self.functions.items():
+            lines.append(f"    {name:<24} up to {pool.max_instances} instance(s), warm: {pool.pids()['idle']}")
+        for source in self._sources:
+            if isinstance(source, QueuePoller):
+                lines.append(f"  poller {source.queue.name} -> {source.function} (batch {source.source.batch_size}, "
+                             f"{source.concurrency} in flight"
+                             f"{', ReportBatchItemFailures' if source.source.report_batch_item_failures else ''})")
         for fn in self.template.functions.values():
-            for source in fn.sqs_sources:
-                lines.append(f"  poller {source.queue} -> {fn.logical_id} (batch {source.batch_size}"
-                             f"{', ReportBatchItemFailures' if source.report_batch_item_failures else ''})")
             for schedule in fn.schedules:
                 lines.append(f"  schedule {fn.logical_id} {schedule.expression}: run it with "
                              f"curl -X POST {self.gateway_url}/_local/schedules/{fn.logical_id}")
-        lines.append(f"  queue VisibilityTimeout at most {self.visibility} s (SCRM_LOCAL_VISIBILITY)")
+        lines.append("  queue VisibilityTimeout as in the template (SCRM_LOCAL_VISIBILITY)"
+                     if self.visibility == TEMPLATE_VISIBILITY else
+                     f"  queue VisibilityTimeout at most {self.visibility} s (SCRM_LOCAL_VISIBILITY)")
         for creds in self.corps:
             lines.append(f"  corp {creds.corp_id}: callback URL {self.callback_url(creds.corp_id)}")
             if creds.corp_id in self._demo_corp_ids:
@@ -646,6 +707,17 @@ class LocalStack:
                   f"    export AWS_ENDPOINT_URL={self.endpoint} AWS_ACCESS_KEY_ID=testing "
                   f"AWS_SECRET_ACCESS_KEY=testing AWS_REGION={self.region}"]
         return "\n".join(lines)
+
+
+def _collect(errors: list[BaseException], call: Callable, *args: Any) -> Callable[[], None]:
+    """`call(*args)` for a thread, its exception kept in `errors`."""
+    def run() -> None:
+        try:
+            call(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by whoever joins the thread
+            errors.append(exc)
+
+    return run
 
 
 def _forget_scrm_state() -> None:

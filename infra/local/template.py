@@ -77,6 +77,7 @@ class SqsSource:
     queue: str  # logical id of the queue
     batch_size: int
     report_batch_item_failures: bool
+    maximum_concurrency: Any = None  # raw ScalingConfig.MaximumConcurrency (resolve it): batches in flight
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ class Function:
     memory: int
     environment: dict  # variable -> raw template value (Globals merged with the function's own)
     layers: list[str]  # ContentUri of each layer, relative to the repo
+    runtime: str = "python3.12"
+    reserved_concurrency: Any = None  # raw ReservedConcurrentExecutions (resolve it): instances at most
     routes: list[Route] = field(default_factory=list)
     sqs_sources: list[SqsSource] = field(default_factory=list)
     schedules: list[Schedule] = field(default_factory=list)
@@ -189,6 +192,8 @@ def _function(logical_id: str, props: dict, glob: dict, resources: dict) -> Func
         memory=int(props.get("MemorySize", glob.get("MemorySize", 128))),
         environment=env,
         layers=layers,
+        runtime=props.get("Runtime", glob.get("Runtime", "python3.12")),
+        reserved_concurrency=props.get("ReservedConcurrentExecutions"),
     )
     for name, ev in (props.get("Events") or {}).items():
         kind, ep = ev.get("Type"), ev.get("Properties", {})
@@ -205,6 +210,7 @@ def _function(logical_id: str, props: dict, glob: dict, resources: dict) -> Func
                 queue=queue["Fn::GetAtt"][0],
                 batch_size=int(ep.get("BatchSize", 10)),
                 report_batch_item_failures="ReportBatchItemFailures" in ep.get("FunctionResponseTypes", []),
+                maximum_concurrency=(ep.get("ScalingConfig") or {}).get("MaximumConcurrency"),
             ))
         elif kind == "Schedule":
             fn.schedules.append(Schedule(event=name, expression=ep["Schedule"]))
@@ -254,14 +260,16 @@ class Resolver:
     """Resolves template values against local resources.
 
     tables: logical id -> local table name; queues: logical id -> LocalQueue;
-    parameters override the template's defaults.
+    parameters override the template's defaults; streams: table logical id -> stream ARN,
+    for the tables created with a StreamSpecification.
     """
 
     def __init__(self, template: Template, tables: dict[str, str], queues: dict[str, LocalQueue],
-                 region: str, parameters: dict[str, str] | None = None):
+                 region: str, parameters: dict[str, str] | None = None, streams: dict[str, str] | None = None):
         self.template = template
         self.tables = tables
         self.queues = queues
+        self.streams = streams or {}
         self.region = region
         unknown = set(parameters or {}) - set(template.parameters)
         if unknown:
@@ -295,6 +303,8 @@ class Resolver:
             return {"Arn": q.arn, "QueueName": q.name, "QueueUrl": q.url}[attribute]
         if name in self.tables and attribute == "Arn":
             return self.table_arn(name)
+        if name in self.streams and attribute == "StreamArn":
+            return self.streams[name]
         raise UnresolvableError(f"!GetAtt {name}.{attribute}: not available locally")
 
     def sub(self, text: str, variables: dict | None = None) -> str:

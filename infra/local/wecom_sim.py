@@ -215,6 +215,7 @@ class WeComSimulator:
         self.clock = clock
         self.base_url: str | None = None
         self._lock = threading.RLock()
+        self._senders = threading.local()
         self._server: ThreadingHTTPServer | None = None
         self._reset_state(seed)
 
@@ -223,6 +224,7 @@ class WeComSimulator:
         self._corps: dict[str, _Corp] = {}
         self._tokens: dict[str, tuple[str, float]] = {}
         self._welcomes: list[dict] = []
+        self._deliveries: list[dict] = []  # every callback POST: how long our callback took to answer
         self.call_counts: Counter = Counter()  # api path -> calls
         self.outcome_counts: Counter = Counter()  # (api path, "0" | errcode | "http502" | "timeout") -> calls
         self.gettoken_counts: Counter = Counter()  # corp_id -> gettoken calls
@@ -328,6 +330,18 @@ class WeComSimulator:
         with self._lock:
             return [dict(w) for w in self._welcomes if corp_id in (None, w["corp_id"])]
 
+    def _session(self) -> requests.Session:
+        """One HTTP session per delivering thread: WeCom keeps its connections to a callback URL."""
+        session = getattr(self._senders, "session", None)
+        if session is None:
+            session = self._senders.session = requests.Session()
+        return session
+
+    def deliveries(self, corp_id: str | None = None) -> list[dict]:
+        """Each callback POST sent: {corp_id, sent_at, seconds (until the answer), status}."""
+        with self._lock:
+            return [dict(d) for d in self._deliveries if corp_id in (None, d["corp_id"])]
+
     def stats(self) -> dict:
         with self._lock:
             outcomes: dict[str, dict[str, int]] = {}
@@ -363,7 +377,7 @@ class WeComSimulator:
     def start(self, host: str = "127.0.0.1", port: int = 8900) -> tuple[ThreadingHTTPServer, threading.Thread]:
         if host != "127.0.0.1":
             raise ValueError("the simulator binds to 127.0.0.1 only")
-        server = ThreadingHTTPServer((host, int(port)), _Handler)
+        server = _Server((host, int(port)), _Handler)
         server.sim = self  # type: ignore[attr-defined]
         # A short poll interval makes stop() quick (shutdown waits for the next poll).
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="wecom-sim", daemon=True)
@@ -1014,12 +1028,16 @@ class WeComSimulator:
             # freshness against their own clock. Each re-send is sealed anew (new nonce), like WeCom's.
             body, query = corp.crypto.seal(xml, timestamp=str(int(time.time())), nonce=str(secrets.randbelow(10**10)),
                                            agent_id=corp.agent_id)
+            sent_at, started = time.time(), time.perf_counter()
             try:
-                resp = requests.post(corp.callback_url + sep + urlencode(query), data=body.encode("utf-8"),
+                resp = self._session().post(corp.callback_url + sep + urlencode(query), data=body.encode("utf-8"),
                                      headers={"Content-Type": "text/xml; charset=utf-8"}, timeout=CALLBACK_TIMEOUT)
                 statuses.append(resp.status_code)
             except requests.RequestException as exc:
                 statuses.append(type(exc).__name__)
+            with self._lock:
+                self._deliveries.append({"corp_id": corp.corp_id, "sent_at": sent_at, "status": statuses[-1],
+                                         "seconds": time.perf_counter() - started})
         return statuses
 
     def add_customer(
@@ -1266,6 +1284,8 @@ class WeComSimulator:
             args = json.loads(body) if body else {}
             if method == "GET" and route == "welcomes":
                 return 200, {"welcomes": self.welcomes(query.get("corp_id"))}
+            if method == "GET" and route == "deliveries":
+                return 200, {"deliveries": self.deliveries(query.get("corp_id"))}
             if method == "GET" and route == "calls":
                 return 200, self.stats()
             if method == "GET" and route == "state":
@@ -1290,9 +1310,17 @@ class WeComSimulator:
             return 400, {"error": repr(exc)}
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # many workers' connections at once: the default 5 resets the rest
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API; every answer has Content-Length
     server_version = "WeComSim/1.0"
+    # Headers and body leave in one write, at once: written apart on a kept-open connection,
+    # the body would wait out the client's delayed ACK (40 ms).
+    wbufsize = -1
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._dispatch("GET")

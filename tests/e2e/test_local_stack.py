@@ -24,7 +24,7 @@ from scrm.wecom.callback.wxml import parse_xml
 
 from infra.local.gateway import claim_strings, http_response, match_path, parse_query
 from infra.local.pollers import failed_ids
-from infra.local.stack import plan_environment
+from infra.local.stack import shared_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -135,7 +135,7 @@ def test_the_event_is_an_http_api_v2_event_and_a_bare_string_result_is_json(stac
         seen.append((event, context))
         return "plain"
 
-    monkeypatch.setitem(stack._handlers, "CallbackFunction", echo)
+    monkeypatch.setitem(stack.stand_ins, "CallbackFunction", echo)
     netloc = urlsplit(stack.gateway_url).netloc
     conn = http.client.HTTPConnection(netloc, timeout=5)
     body = b"\xff\xfe binary"
@@ -171,7 +171,7 @@ def test_a_function_that_raises_is_a_500_like_api_gateway(stack, monkeypatch):
     def boom(event, context):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(stack._handlers, "CallbackFunction", boom)
+    monkeypatch.setitem(stack.stand_ins, "CallbackFunction", boom)
     response = requests.get(stack.callback_url("ww1"), timeout=5)
     assert response.status_code == 500
     assert response.json() == {"message": "Internal Server Error"}
@@ -200,7 +200,7 @@ def ops_calls(stack, monkeypatch) -> list:
         seen.append(event)
         return {"statusCode": 200, "body": "{}"}
 
-    monkeypatch.setitem(stack._handlers, "OpsApiFunction", record)
+    monkeypatch.setitem(stack.stand_ins, "OpsApiFunction", record)
     return seen
 
 
@@ -263,7 +263,7 @@ def test_the_audience_may_come_as_a_list_or_as_client_id(stack, corp, ops_calls)
 
 def test_routes_without_an_authorizer_get_no_claims(stack, monkeypatch):
     seen = []
-    monkeypatch.setitem(stack._handlers, "CallbackFunction", lambda event, context: seen.append(event) or "")
+    monkeypatch.setitem(stack.stand_ins, "CallbackFunction", lambda event, context: seen.append(event) or "")
     requests.get(stack.callback_url("ww1"), timeout=5)
     assert "authorizer" not in seen[0]["requestContext"]
 
@@ -303,17 +303,30 @@ def test_the_stack_prints_each_corps_token_and_writes_its_endpoints_for_one_run(
 
 
 # --- queues ---------------------------------------------------------------------------
-def test_a_poison_message_ends_in_the_dlq_while_its_batch_mate_is_processed(stack, corp, monkeypatch):
+@pytest.fixture
+def short_visibility(stack):
+    """The events queue retries after 1 s instead of the template's minutes, for this test."""
+    sqs, url = boto3.client("sqs"), stack.queue_urls["EventsQueue"]
+    before = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])["Attributes"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "1"})
+    time.sleep(1.5)  # a receive already long-polling (1 s) would still hide its message for minutes
+    yield
+    if stack.running:  # the e2e session may have stopped the stack first
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=before)
+
+
+def test_a_poison_message_ends_in_the_dlq_while_its_batch_mate_is_processed(stack, corp, monkeypatch,
+                                                                              short_visibility):
     good = store_event(stack, probe_fields(corp.corp_id), time.time())
     poison = f"not json {uuid.uuid4()}"
     batches: list[list[str]] = []
-    worker = stack._handlers["WorkerFunction"]
+    worker = stack.functions["WorkerFunction"]  # its instances, behind the recording below
 
     def recording(event, context):
         batches.append([r["body"] for r in event["Records"]])
-        return worker(event, context)
+        return worker.invoke(event)
 
-    monkeypatch.setitem(stack._handlers, "WorkerFunction", recording)
+    monkeypatch.setitem(stack.stand_ins, "WorkerFunction", recording)
     good_body = json.dumps(good.as_message())
     boto3.client("sqs").send_message_batch(QueueUrl=stack.queue_urls["EventsQueue"], Entries=[
         {"Id": "good", "MessageBody": good_body}, {"Id": "poison", "MessageBody": poison}])
@@ -371,11 +384,10 @@ def test_batch_item_failures_follow_lambdas_rules(result, failed):
     assert failed_ids(result, {"m1", "m2"}) == failed
 
 
-def test_variables_that_differ_between_functions_are_set_per_invocation():
-    shared, per_call = plan_environment({
-        "A": {"TABLE_NAME": "t", "POWERTOOLS_SERVICE_NAME": "a", "LEVEL": "INFO"},
+def test_the_stacks_own_process_gets_the_wiring_every_function_agrees_on():
+    shared = shared_environment({
+        "A": {"TABLE_NAME": "t", "POWERTOOLS_SERVICE_NAME": "a", "LEVEL": "INFO", "POWERTOOLS_LOG_LEVEL": "INFO"},
         "B": {"TABLE_NAME": "t", "POWERTOOLS_SERVICE_NAME": "b", "LEVEL": "DEBUG", "ONLY_B": "1"},
     })
+    # what differs stays each function's own; Powertools' settings are the functions' business
     assert shared == {"TABLE_NAME": "t", "ONLY_B": "1"}
-    # the service name is read when the module is imported, so it needs no per-call lock
-    assert per_call == {"A": {"LEVEL": "INFO"}, "B": {"LEVEL": "DEBUG"}}

@@ -151,3 +151,52 @@ def test_a_template_with_an_event_type_the_stack_cannot_run_is_refused(tmp_path)
     (tmp_path / "template.yaml").write_text(text, encoding="utf-8")
     with pytest.raises(tpl.TemplateError, match="SweeperFunction.Sweep: event type Kinesis"):
         tpl.load(tmp_path / "template.yaml")
+
+
+# --- what the stack reads for concurrency and streams ---------------------------------
+def test_reserved_and_maximum_concurrency_are_read_raw_for_the_stack_to_resolve(tmp_path):
+    text = tpl.TEMPLATE_PATH.read_text(encoding="utf-8")
+    text = text.replace("      CodeUri: functions/callback\n",
+                        "      CodeUri: functions/callback\n      ReservedConcurrentExecutions: 7\n")
+    text = text.replace("            BatchSize: 1\n",
+                        "            BatchSize: 1\n            ScalingConfig:\n              MaximumConcurrency: 3\n")
+    (tmp_path / "template.yaml").write_text(text, encoding="utf-8")
+    template = tpl.load(tmp_path / "template.yaml")
+    assert template.functions["CallbackFunction"].reserved_concurrency == 7
+    assert template.functions["WorkerFunction"].reserved_concurrency is None
+    [welcomes] = template.functions["WelcomeFunction"].sqs_sources
+    assert welcomes.maximum_concurrency == 3
+    assert template.functions["WorkerFunction"].sqs_sources[0].maximum_concurrency is None
+    assert template.functions["CallbackFunction"].runtime == "python3.12"  # from Globals
+
+
+def test_a_tables_stream_is_created_as_the_api_spells_it():
+    from infra.local.stack import create_table_request
+
+    props = {**tpl.load().tables["ScrmTable"].properties,
+             "StreamSpecification": {"StreamViewType": "NEW_AND_OLD_IMAGES"}}
+    request = create_table_request(props)
+    assert request["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert "SSESpecification" not in request and "TimeToLiveSpecification" not in request
+    assert "StreamSpecification" not in create_table_request(tpl.load().tables["ScrmTable"].properties)
+
+
+def test_a_stream_arn_resolves_once_the_table_has_a_stream(template):
+    queues = {q: tpl.LocalQueue(q, f"http://x/{q}", f"arn:aws:sqs:{REGION}:{tpl.ACCOUNT_ID}:{q}") for q in template.queues}
+    arn = f"arn:aws:dynamodb:{REGION}:{tpl.ACCOUNT_ID}:table/t/stream/2024-01-01T00:00:00.000"
+    resolver = tpl.Resolver(template, {"ScrmTable": "t"}, queues, REGION, streams={"ScrmTable": arn})
+    assert resolver.resolve({"Fn::GetAtt": ["ScrmTable", "StreamArn"]}) == arn
+
+
+def test_a_function_instance_sees_its_own_variables_and_lambdas_not_the_shells(template, monkeypatch):
+    from infra.local.functions import lambda_environment
+
+    monkeypatch.setenv("SOMETHING_OF_THE_SHELL", "1")
+    fn = template.functions["SweeperFunction"]
+    env = lambda_environment(fn, {"TABLE_NAME": "t", "PENDING_GRACE_SECONDS": "60"}, region=REGION,
+                             endpoint="http://127.0.0.1:1", runtime=fn.runtime)
+    assert env["AWS_LAMBDA_FUNCTION_NAME"] == "SweeperFunction" and env["_HANDLER"] == "app.handler"
+    assert env["AWS_EXECUTION_ENV"] == "AWS_Lambda_python3.12" and env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "512"
+    assert (env["TABLE_NAME"], env["PENDING_GRACE_SECONDS"]) == ("t", "60")
+    assert env["AWS_CONFIG_FILE"] == env["AWS_SHARED_CREDENTIALS_FILE"] == "/dev/null"  # never a real account
+    assert "SOMETHING_OF_THE_SHELL" not in env

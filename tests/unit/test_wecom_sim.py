@@ -489,3 +489,12 @@ def test_control_api_over_http(clock, receiver):
         assert requests.get(f"{base}/nope", timeout=5).status_code == 404
     finally:
         sim.stop()
+
+
+def test_each_callback_delivery_is_recorded_with_the_time_its_answer_took(sim, receiver):
+    sim.add_customer(CORP, "zhangsan", repeat=2)
+    sim.add_customer(CORP, "zhangsan", deliver=False)  # a lost callback is no delivery
+    deliveries = sim.deliveries(CORP)
+    assert [d["status"] for d in deliveries] == [200, 200]
+    assert all(0 < d["seconds"] < 5 and d["sent_at"] <= time.time() for d in deliveries)
+    assert sim.deliveries("wwother") == []

@@ -94,6 +94,13 @@ class Entity(Model):
     gsi2 = GSI2()
     expires_at = NumberAttribute(null=True)  # TTL (epoch seconds); moto never expires, so readers check it
 
+    @classmethod
+    def _get_connection(cls):
+        # Every entity lives in the one table under one key schema: one connection (so one
+        # botocore client) serves them all. PynamoDB's default, one per class, makes each
+        # class's first request of a cold start load the DynamoDB service model anew.
+        return Model._get_connection.__func__(Entity)
+
 
 class Corp(Entity, discriminator="Corp"):
     corp_id = UnicodeAttribute()
