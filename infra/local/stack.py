@@ -380,7 +380,8 @@ class LocalStack:
     def max_instances(self, logical_id: str) -> int:
         """The function's concurrency locally: the local cap, or its reserved concurrency if lower."""
         reserved = self.template.functions[logical_id].reserved_concurrency
-        limit = self.concurrency if reserved is None else min(self.concurrency, int(self._resolver().resolve(reserved)))
+        reserved = self._resolver().resolve_optional(reserved) if reserved is not None else None
+        limit = self.concurrency if reserved is None else min(self.concurrency, int(reserved))
         return max(1, limit)
 
     def _start_functions(self) -> None:

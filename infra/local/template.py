@@ -246,6 +246,10 @@ class UnresolvableError(ValueError):
     pass
 
 
+class NoValue(UnresolvableError):
+    """The value is !Ref AWS::NoValue: the property is left out (see Resolver.resolve_optional)."""
+
+
 @dataclass(frozen=True)
 class LocalQueue:
     name: str
@@ -287,6 +291,8 @@ class Resolver:
         return f"arn:{PARTITION}:dynamodb:{self.region}:{ACCOUNT_ID}:table/{self.tables[logical_id]}"
 
     def ref(self, name: str) -> str:
+        if name == "AWS::NoValue":
+            raise NoValue("!Ref AWS::NoValue")
         if name in self.parameters:
             return self.parameters[name]
         if name in self.pseudo:
@@ -333,8 +339,40 @@ class Resolver:
                 return self.get_att(*arg)
             if key == "Fn::Sub":
                 return self.sub(arg) if isinstance(arg, str) else self.sub(arg[0], arg[1])
+            if key == "Fn::If":
+                condition, if_true, if_false = arg
+                return self.resolve(if_true if self.condition(condition) else if_false)
             raise UnresolvableError(f"{key} is not resolved by the local stack")
         raise UnresolvableError(f"{value!r} is not a value the local stack can resolve")
+
+    def resolve_optional(self, value: Any) -> str | None:
+        """Like resolve, but None where the template leaves the property out (AWS::NoValue)."""
+        try:
+            return self.resolve(value)
+        except NoValue:
+            return None
+
+    def condition(self, name: str) -> bool:
+        """A condition of the template's Conditions section, with the parameters in force."""
+        conditions = self.template.raw.get("Conditions") or {}
+        if name not in conditions:
+            raise UnresolvableError(f"no condition {name!r} in the template")
+        return self._truth(conditions[name])
+
+    def _truth(self, expression: Any) -> bool:
+        if isinstance(expression, dict) and len(expression) == 1:
+            (key, arg), = expression.items()
+            if key == "Condition":
+                return self.condition(arg)
+            if key == "Fn::Equals":
+                return self.resolve(arg[0]) == self.resolve(arg[1])
+            if key == "Fn::Not":
+                return not self._truth(arg[0])
+            if key == "Fn::And":
+                return all(self._truth(a) for a in arg)
+            if key == "Fn::Or":
+                return any(self._truth(a) for a in arg)
+        raise UnresolvableError(f"{expression!r} is not a condition the local stack can evaluate")
 
     def environment(self, fn: Function) -> dict[str, str]:
         env = {}

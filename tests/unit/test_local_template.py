@@ -59,7 +59,7 @@ def test_the_callback_routes_worker_source_and_sweeper_schedule(template):
     assert {r.route_key for r in callback.routes} == {"GET /wecom/callback/{corp_id}", "POST /wecom/callback/{corp_id}"}
     assert callback.timeout == 4
     worker = template.functions["WorkerFunction"]
-    assert worker.sqs_sources == [tpl.SqsSource("Events", "EventsQueue", 4, True)]
+    assert worker.sqs_sources == [tpl.SqsSource("Events", "EventsQueue", 4, True, {"Ref": "WorkerMaxConcurrency"})]
     sweeper = template.functions["SweeperFunction"]
     assert sweeper.schedules == [tpl.Schedule("Sweep", "rate(5 minutes)")]
 
@@ -134,10 +134,24 @@ def test_an_unknown_ref_names_the_function_and_the_variable(template):
         local_resolver(template).environment(broken)
 
 
+def test_conditions_and_if_follow_the_parameters_and_no_value_leaves_a_property_out(template):
+    reserved = template.functions["CallbackFunction"].reserved_concurrency
+    assert local_resolver(template).resolve_optional(reserved) == template.parameters["CallbackReservedConcurrency"]
+    off = local_resolver(template, {"CallbackReservedConcurrency": "0"})
+    assert off.condition("ReservesCallbackConcurrency") is False
+    assert off.resolve_optional(reserved) is None
+    with pytest.raises(tpl.NoValue):
+        off.resolve(reserved)
+    assert local_resolver(template, {"AlarmEmail": "ops@example.com"}).resolve(
+        {"Fn::If": ["HasAlarmEmail", "mail", "none"]}) == "mail"
+    assert local_resolver(template).resolve({"Fn::If": ["HasAlarmEmail", "mail", "none"]}) == "none"
+
+
 @pytest.mark.parametrize("value, message", [
     ({"Fn::GetAtt": ["ScrmTable", "StreamArn"]}, "ScrmTable.StreamArn"),
     ({"Fn::GetAtt": ["Missing", "Arn"]}, "Missing.Arn"),
-    ({"Fn::If": ["HasAlarmEmail", "a", "b"]}, "Fn::If"),
+    ({"Fn::If": ["NoSuchCondition", "a", "b"]}, "NoSuchCondition"),
+    ({"Fn::Select": [0, ["a"]]}, "Fn::Select"),
     ({"Fn::Sub": "${Missing}"}, "Missing"),
     (["a", "list"], "not a value"),
 ])
@@ -156,17 +170,15 @@ def test_a_template_with_an_event_type_the_stack_cannot_run_is_refused(tmp_path)
 # --- what the stack reads for concurrency and streams ---------------------------------
 def test_reserved_and_maximum_concurrency_are_read_raw_for_the_stack_to_resolve(tmp_path):
     text = tpl.TEMPLATE_PATH.read_text(encoding="utf-8")
-    text = text.replace("      CodeUri: functions/callback\n",
-                        "      CodeUri: functions/callback\n      ReservedConcurrentExecutions: 7\n")
-    text = text.replace("            BatchSize: 1\n",
-                        "            BatchSize: 1\n            ScalingConfig:\n              MaximumConcurrency: 3\n")
+    text = text.replace("      CodeUri: functions/worker\n",
+                        "      CodeUri: functions/worker\n      ReservedConcurrentExecutions: 7\n")
     (tmp_path / "template.yaml").write_text(text, encoding="utf-8")
     template = tpl.load(tmp_path / "template.yaml")
-    assert template.functions["CallbackFunction"].reserved_concurrency == 7
-    assert template.functions["WorkerFunction"].reserved_concurrency is None
+    assert template.functions["WorkerFunction"].reserved_concurrency == 7
+    assert template.functions["CallbackFunction"].reserved_concurrency["Fn::If"][0] == "ReservesCallbackConcurrency"
+    assert template.functions["SweeperFunction"].reserved_concurrency is None
     [welcomes] = template.functions["WelcomeFunction"].sqs_sources
-    assert welcomes.maximum_concurrency == 3
-    assert template.functions["WorkerFunction"].sqs_sources[0].maximum_concurrency is None
+    assert welcomes.maximum_concurrency == {"Ref": "WelcomeMaxConcurrency"}
     assert template.functions["CallbackFunction"].runtime == "python3.12"  # from Globals
 
 

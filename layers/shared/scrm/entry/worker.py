@@ -150,7 +150,10 @@ def handle_batch(event: dict, context, metrics: Metrics, record_handler: Handler
     """
     failures: list[str] = []
     deferred = 0
-    for record in event.get("Records") or []:
+    records = event.get("Records") if isinstance(event, dict) else None
+    if not isinstance(records, list):
+        raise ValueError("not an SQS event: it has no Records list")  # a wiring mistake, not a record
+    for record in records:
         message_id = record["messageId"]
         parsed = _record_event(record)
         left = context.get_remaining_time_in_millis() / 1000 - RESERVE
