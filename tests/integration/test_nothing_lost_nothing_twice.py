@@ -8,12 +8,10 @@ import pytest
 from scrm.entry import callback as intake
 from scrm.entry import worker as router
 from scrm.entry.recovery import sweep_pending
-from scrm.platform.config import business_day
 from scrm.platform.credentials import CorpCredentials
 from scrm.platform.observability import metrics
 from scrm.store import corps, inbox, keys
-from scrm.store.models import Event, Follow
-from scrm.store.once import counters
+from scrm.store.models import Event, Follow, TimelineEntry
 
 from tests.support.callbacks import VECTOR_A, contact_xml, post
 
@@ -64,8 +62,14 @@ def work(aws) -> list[str]:
     return [router.process_message(json.loads(m["Body"]), metrics()).split(",")[0] for m in receive(aws)]
 
 
-def new_customers(day_of: int = T0) -> int:
-    return counters(CORP, "staff", "zhangsan", business_day(day_of))["new_customers"]
+def new_customers() -> int:
+    """Adds of the customer applied: one timeline entry per event, and the follow made live by it.
+    (The daily figures count the follow's change from the stream: tests/integration/test_stats.py.)"""
+    adds = [e for e in TimelineEntry.query(keys.customer_pk(CORP, "wmCustomer0001"),
+                                           TimelineEntry.SK.startswith(keys.TIMELINE_PREFIX))
+            if e.what == "add_external_contact"]
+    follow = Follow.get(*keys.follow(CORP, "wmCustomer0001", "zhangsan"))
+    return len(adds) if follow.added_at == T0 else 0
 
 
 def event_status(plaintext_event: dict) -> str:
@@ -157,8 +161,9 @@ def test_a_deletion_delivered_before_the_add_leaves_the_follow_deleted(corp, aws
     assert work(aws) == ["stale"]  # older than what the follow already knows
     follow = Follow.get(*keys.follow(CORP, "wmCustomer0001", "zhangsan"))
     assert follow.status == "deleted_by_customer"
-    counts = counters(CORP, "staff", "zhangsan", business_day(T0))
-    assert (counts["new_customers"], counts["lost_customers"]) == (1, 1)  # both really happened
+    timeline = TimelineEntry.query(keys.customer_pk(CORP, "wmCustomer0001"),
+                                   TimelineEntry.SK.startswith(keys.TIMELINE_PREFIX))
+    assert sorted(e.what for e in timeline) == ["add_external_contact", "del_follow_user"]  # both really happened
 
 
 def test_a_worker_failure_reports_only_that_record_and_the_batch_goes_on(corp, aws):

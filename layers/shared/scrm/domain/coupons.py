@@ -7,15 +7,16 @@ updates, so the items (and their cancellation reasons) come in this order:
   1   put Coupon                                   attribute_not_exists (code uniqueness)
   2   update CouponStock  remaining -1, issued +1  remaining > 0
   3   update CouponClaims count +1                 attribute_not_exists(count) OR count < limit
-  4+  update DailyCounter coupons_issued for staff / store / corp (scrm.store.once.bump)
+No item shared by many customers is touched (apart from the template's stock): the daily
+figures count the Coupon item's arrival from the table's stream (scrm.domain.stats).
 The cancellation reasons tell, in this priority: already_issued (the marker's code is handed back),
 out_of_stock, limit_reached, then a code collision (retried with a new code). Nothing is checked
 outside the transaction, so two claims can never both pass the per-customer limit, and a retry
 finds the marker and returns the code issued the first time.
 
 Redemption is one transaction too: the coupon goes issued -> redeemed under the condition
-`status = issued AND valid_from <= now AND valid_until >= now`, together with the coupons_redeemed
-counters of the redeeming store, the staff member who brought the customer and the corp. The
+`status = issued AND valid_from <= now AND valid_until >= now`; the stats projector credits the
+redeeming store, the staff member who brought the customer and the corp from that change. The
 POS's request_id is stored on the coupon: the same request again is answered with success.
 
 Codes: 16 characters of Crockford base32 (0-9 and A-Z without I, L, O, U) drawn from 80 bits of
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from scrm.platform.config import BUSINESS_UTC_OFFSET_HOURS, business_day
+from scrm.platform.config import BUSINESS_UTC_OFFSET_HOURS
 from scrm.platform.errors import ScrmError
 from scrm.store import keys, once, paging
 from scrm.store.models import Coupon, CouponClaims, CouponStock, CouponTemplate, Once
@@ -256,8 +257,6 @@ def issue(corp_id: str, template_id: str, external_userid: str, *, occasion: str
         valid_from, valid_until = int(template.valid_from or now), int(template.valid_until)
     stock_key = keys.coupon_stock(corp_id, template_id)
     claims_key = keys.coupon_claims(corp_id, external_userid, template_id)
-    day = business_day(now)
-    scopes = {"staff": staff_userid, "store": store_id, "corp": corp_id}
 
     def stock_write(tx: TransactWrite) -> None:
         tx.update(CouponStock(*stock_key), actions=[CouponStock.remaining.add(-1), CouponStock.issued.add(1)],
@@ -284,9 +283,7 @@ def issue(corp_id: str, template_id: str, external_userid: str, *, occasion: str
         def coupon_write(tx: TransactWrite, coupon: Coupon = coupon) -> None:
             tx.save(coupon, condition=Coupon.PK.does_not_exist())
 
-        writes = [coupon_write, stock_write, claims_write,
-                  *(once.bump(corp_id, scope, scope_id, day, "coupons_issued")
-                    for scope, scope_id in scopes.items() if scope_id)]
+        writes = [coupon_write, stock_write, claims_write]
         try:
             if once.run_once(corp_id, ISSUE_EFFECT, marker_key, writes, cause=code, now=now):
                 return IssueResult("issued", coupon)
@@ -367,10 +364,7 @@ def redeem(corp_id: str, code: str, *, store_id: str, staff_userid: str, request
 
 def _redeem_write(corp_id: str, coupon: Coupon, store_id: str, staff_userid: str, request_id: str,
                   now: int) -> None:
-    """issued -> redeemed and the coupons_redeemed counters, in one transaction; updates `coupon`."""
-    day = business_day(now)
-    # Credit the till's store and the staff member who brought the customer.
-    credited = {"store": store_id, "staff": coupon.staff_userid, "corp": corp_id}
+    """issued -> redeemed, conditionally; updates `coupon`."""
     with TransactWrite(connection=once.connection()) as tx:
         tx.update(Coupon(*keys.coupon(corp_id, coupon.code)),
                   actions=[Coupon.status.set("redeemed"), Coupon.redeemed_at.set(now),
@@ -378,8 +372,5 @@ def _redeem_write(corp_id: str, coupon: Coupon, store_id: str, staff_userid: str
                            Coupon.redemption_request.set(request_id)],
                   condition=(Coupon.status == "issued") & (Coupon.valid_from <= now)
                   & (Coupon.valid_until >= now))
-        for scope, scope_id in credited.items():
-            if scope_id:
-                once.bump(corp_id, scope, scope_id, day, "coupons_redeemed")(tx)
     coupon.status, coupon.redeemed_at, coupon.redeemed_store_id = "redeemed", now, store_id
     coupon.redeemed_by, coupon.redemption_request = staff_userid, request_id

@@ -1,13 +1,12 @@
-"""change_external_contact: follow relations, the customer's timeline and daily counts."""
+"""change_external_contact: follow relations and the customer's timeline (the daily figures
+count the follow's changes from the table's stream, scrm.domain.stats)."""
 from __future__ import annotations
 
 from scrm.domain.customers import profile
 from scrm.domain.event_fields import Permanent, text, version_of
-from scrm.domain.org import tree as org
 from scrm.domain.welcome import lane as welcome
 from scrm.store import keys
 from scrm.store.models import Customer, Follow, TimelineEntry, apply_versioned
-from scrm.store.once import count_once
 from scrm.wecom.apis.client import for_corp
 from scrm.wecom.callback.events import CallbackEvent
 
@@ -26,7 +25,6 @@ STATUS = {
     "del_external_contact": "deleted_by_staff",
     "del_follow_user": "deleted_by_customer",
 }
-TRANSFER_SOURCE = "DELETE_BY_TRANSFER"
 WELCOMED = {"add_external_contact", "add_half_external_contact", "msg_audit_approved"}
 # events after which the profile, follow details and attribution are pulled from WeCom
 WITH_WECOM_CALLS = WELCOMED | {"edit_external_contact"}
@@ -53,7 +51,6 @@ def handle(event: CallbackEvent) -> str:
     applied = apply_versioned(Follow(*keys.follow(corp_id, external_userid, userid)),
                               version_of(event.create_time, RANK[change]),
                               _follow_actions(event, corp_id, external_userid, userid))
-    _count(event, userid)
     outcomes = ["applied" if applied else "stale"]
     if change in WITH_WECOM_CALLS:
         client = for_corp(corp_id)
@@ -85,16 +82,3 @@ def _follow_actions(event: CallbackEvent, corp_id: str, external_userid: str, us
     if change == "transfer_fail":
         actions.append(Follow.transfer_fail_reason.set(text(fields, "FailReason") or "unknown"))
     return actions
-
-
-def _count(event: CallbackEvent, userid: str) -> None:
-    change = event.change_type
-    if change in ("add_external_contact", "add_half_external_contact"):
-        metric = "new_customers"
-    elif change == "del_follow_user":
-        metric = "lost_customers"
-    elif change == "del_external_contact" and event.fields.get("Source") != TRANSFER_SOURCE:
-        metric = "deleted_customers"
-    else:
-        return
-    count_once(event.corp_id, event.event_id, metric, org.scopes_of(event.corp_id, userid), event.create_time)

@@ -23,12 +23,9 @@ from scrm.domain import coupons
 from scrm.domain.contact_ways import campaigns
 from scrm.domain.contact_ways import state as states
 from scrm.domain.event_fields import text
-from scrm.domain.org import tree as org
-from scrm.platform.config import business_day
 from scrm.platform.observability import log
 from scrm.store import keys
 from scrm.store.models import Welcome, condition_failed
-from scrm.store.once import bump, run_once
 from scrm.wecom.apis.errors import RateLimited, TransientError, WeComError
 from scrm.wecom.callback.events import CallbackEvent
 
@@ -188,7 +185,7 @@ def _send(event: CallbackEvent, client, row: Welcome, content: Content, code: st
 
 
 def _finish(event: CallbackEvent, row: Welcome, status: str, reason: str | None = None) -> str:
-    """Record the outcome; a sent welcome also counts once for the staff member's day."""
+    """Record the outcome (the daily figures count a row that becomes `sent`, from the stream)."""
     actions = [Welcome.status.set(status), Welcome.reason.set(reason) if reason else Welcome.reason.remove()]
     if row.coupon_code:
         actions.append(Welcome.coupon_code.set(row.coupon_code))
@@ -196,18 +193,7 @@ def _finish(event: CallbackEvent, row: Welcome, status: str, reason: str | None 
         actions.append(Welcome.coupon_reason.set(row.coupon_reason))
     if status == "sent":
         actions.append(Welcome.sent_at.set(int(time.time())))
-
-    def update(tx) -> None:
-        tx.update(row, actions=actions)
-
-    if status == "sent":
-        day = business_day(event.create_time)
-        writes = [update] + [bump(event.corp_id, scope, scope_id, day, "welcomes_sent")
-                             for scope, scope_id in org.scopes_of(event.corp_id, row.userid).items() if scope_id]
-        if not run_once(event.corp_id, "welcome", row.SK, writes, cause=event.event_id):
-            row.update(actions=actions)
-    else:
-        row.update(actions=actions)
+    row.update(actions=actions)
     outcome = f"welcome_{status}" + (f":{reason}" if reason else "")
     log.info("welcome", extra={"event_id": event.event_id, "outcome": outcome, "coupon": row.coupon_reason})
     return outcome
