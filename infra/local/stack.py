@@ -2,10 +2,11 @@
 
     python -m infra.local.stack        # foreground; Ctrl-C (or SIGTERM) stops everything
 
-One process holds it all: a moto server (DynamoDB, SQS, Secrets Manager) with the
-template's tables and queues, the WeCom simulator, an HTTP gateway for the HttpApi
-routes, one poller per SQS event source, and the functions imported in-process and
-called with real Lambda event shapes. Everything listens on 127.0.0.1 only.
+One process holds it all: a moto server (DynamoDB with its streams, SQS, Secrets Manager)
+with the template's tables and queues, the WeCom simulator, an HTTP gateway for the HttpApi
+routes, one poller per SQS event source and per DynamoDB stream event source
+(infra.local.streams), and the functions imported in-process and called with real Lambda
+event shapes. Everything listens on 127.0.0.1 only.
 
 Environment (all optional):
   SCRM_MOTO_PORT          moto server port (default 0: any free port)
@@ -15,6 +16,8 @@ Environment (all optional):
   SCRM_LOCAL_VISIBILITY   the queues' VisibilityTimeout locally, in seconds (default 3): with the
                           template's 180 s every retry, and the way to the dead-letter queue, would
                           take minutes; a queue whose template value is lower keeps it
+  SCRM_LOCAL_STREAM_WINDOW  the stream sources' MaximumBatchingWindowInSeconds locally, at most
+                          (default 1), so that a drain does not wait out the template's window
   SCRM_LOCAL_CORPS        JSON file with a list of {corp_id, token, encoding_aes_key, secret,
                           agent_id}; without it a throwaway demo corp is generated
   SCRM_PARAMETER_OVERRIDES  template parameters, as for `sam deploy`: "Key=Value Key2=Value2"
@@ -64,6 +67,7 @@ from infra.local import template as tpl
 from infra.local.gateway import Gateway, JwtAuthorizer, Target
 from infra.local.moto_server import LocalMotoServer
 from infra.local.pollers import QueuePoller
+from infra.local.streams import StreamPoller
 
 log = logging.getLogger("infra.local.stack")
 
@@ -165,13 +169,14 @@ class LocalStack:
     def __init__(self, template_path: Path | str = tpl.TEMPLATE_PATH, *, moto_port: int | None = None,
                  http_port: int | None = None, sim_port: int | None = None, visibility: int | None = None,
                  corps: list | None = None, parameters: dict[str, str] | None = None,
-                 state_file: Path | str | None = None):
+                 state_file: Path | str | None = None, stream_window: float | None = None):
         self.template_path = Path(template_path)
         self.template = tpl.load(self.template_path)
         self.moto_port = _env_int("SCRM_MOTO_PORT", 0) if moto_port is None else moto_port
         self.http_port = _env_int("SCRM_HTTP_PORT", 3000) if http_port is None else http_port
         self.sim_port = _env_int("SCRM_SIM_PORT", 8900) if sim_port is None else sim_port
         self.visibility = _env_int("SCRM_LOCAL_VISIBILITY", 3) if visibility is None else visibility
+        self.stream_window = _env_int("SCRM_LOCAL_STREAM_WINDOW", 1) if stream_window is None else stream_window
         self.parameters = parse_overrides(os.environ.get("SCRM_PARAMETER_OVERRIDES", "")) \
             if parameters is None else parameters
         self._corps_arg = corps
@@ -193,6 +198,7 @@ class LocalStack:
         self._moto: LocalMotoServer | None = None
         self._gateway: Gateway | None = None
         self._pollers: list[QueuePoller] = []
+        self._stream_pollers: list[StreamPoller] = []
         self._stopping = threading.Event()
         self._env_lock = threading.Lock()
         self._saved_env: dict[str, str | None] = {}
@@ -245,6 +251,9 @@ class LocalStack:
         for poller in self._pollers:
             poller.join(timeout=15)  # an invocation in progress is allowed to finish
         self._pollers = []
+        for stream_poller in self._stream_pollers:
+            stream_poller.stop(timeout=15)
+        self._stream_pollers = []
         if self._gateway:
             self._gateway.stop()
             self._gateway = None
@@ -297,6 +306,8 @@ class LocalStack:
             request = {k: props[k] for k in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes",
                                              "LocalSecondaryIndexes", "BillingMode", "ProvisionedThroughput")
                        if k in props}
+            if table.stream_view_type:
+                request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": table.stream_view_type}
             try:
                 ddb.create_table(TableName=name, **request)
             except ddb.exceptions.ResourceInUseException:
@@ -505,6 +516,18 @@ class LocalStack:
                                      self.invoke, self._stopping)
                 poller.start()
                 self._pollers.append(poller)
+            for stream in fn.stream_sources:
+                stream_poller = StreamPoller(
+                    fn.logical_id, stream, self.stream_arn(stream.table), self.invoke, endpoint=self.endpoint,
+                    region=self.region, on_failure_url=self.queues[stream.on_failure].url if stream.on_failure else None,
+                    batching_window=min(stream.batching_window, self.stream_window))
+                stream_poller.start()
+                self._stream_pollers.append(stream_poller)
+
+    def stream_arn(self, table_logical_id: str) -> str:
+        """The latest stream of one of the template's tables."""
+        table = self._client("dynamodb").describe_table(TableName=self.table_names[table_logical_id])["Table"]
+        return table["LatestStreamArn"]
 
     # --- what tests, the demo and /_local/ use --------------------------------------------
     def ops_claims(self, corp_id: str, now: float | None = None) -> dict:
@@ -588,7 +611,8 @@ class LocalStack:
         }
 
     def drain(self, timeout: float = 30) -> None:
-        """Return once every queue a function consumes is empty and no invocation runs.
+        """Return once every queue a function consumes is empty, every stream a function reads
+        has been read to its end and handed over, and no invocation runs.
 
         Failed messages count as not drained until they succeed or reach the dead-letter
         queue, so this also waits for retries (each one VisibilityTimeout later)."""
@@ -597,15 +621,25 @@ class LocalStack:
         while True:
             with self._activity:
                 busy, seen = self._in_flight, self._invocations
+            quiet_from = time.monotonic()
             depths = self.queue_depths(sources) if busy == 0 else {}
-            if busy == 0 and not any(n for d in depths.values() for n in d.values()):
+            if busy == 0 and not any(n for d in depths.values() for n in d.values()) \
+                    and self._streams_caught_up(quiet_from, deadline):
                 with self._activity:
-                    # Nothing started meanwhile that could have sent a message after we looked.
+                    # Nothing started meanwhile that could have sent a message or written an item.
                     if self._in_flight == 0 and self._invocations == seen:
                         return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not drained after {timeout} s: {busy} invocation(s) running, queues {depths}")
             time.sleep(0.1)
+
+    def _streams_caught_up(self, mark: float, deadline: float) -> bool:
+        """Wait until each stream poller has read past every write made before `mark`."""
+        while not all(p.caught_up_since(mark) for p in self._stream_pollers):
+            if time.monotonic() > deadline or self._in_flight:
+                return False
+            time.sleep(0.05)
+        return True
 
     def describe(self) -> str:
         lines = [f"SCRM local stack from {self.template_path}",
@@ -629,6 +663,11 @@ class LocalStack:
             for source in fn.sqs_sources:
                 lines.append(f"  poller {source.queue} -> {fn.logical_id} (batch {source.batch_size}"
                              f"{', ReportBatchItemFailures' if source.report_batch_item_failures else ''})")
+            for stream in fn.stream_sources:
+                lines.append(f"  stream {stream.table} -> {fn.logical_id} (batch {stream.batch_size}, window "
+                             f"{min(stream.batching_window, self.stream_window):g} s"
+                             f"{', bisect' if stream.bisect_on_error else ''}, retries {stream.maximum_retry_attempts}"
+                             f"{', on failure -> ' + stream.on_failure if stream.on_failure else ''})")
             for schedule in fn.schedules:
                 lines.append(f"  schedule {fn.logical_id} {schedule.expression}: run it with "
                              f"curl -X POST {self.gateway_url}/_local/schedules/{fn.logical_id}")
