@@ -183,17 +183,18 @@ class Demo:
 
     # -- the figures --------------------------------------------------------------------------
     def table(self) -> None:
-        step("8. Per staff member, today")
+        step("8. Per staff member, today (GET /ops/stats/daily, projected from the table's stream)")
         from scrm.platform.config import business_day
-        from scrm.store.once import counters
 
+        self.stack.drain(timeout=60)  # the stats projector has read the stream to its end
         day = business_day(time.time())
         head = f"   {'staff':<10}{'new customers':>15}{'welcomes sent':>15}{'coupons issued':>16}{'redeemed':>10}{'lost':>6}"
         say(head)
         say("   " + "-" * (len(head) - 3))
         totals = [0, 0, 0, 0, 0]
         for userid, _ in STAFF:
-            c = counters(self.corp_id, "staff", userid, day)
+            [c] = self.api("GET", "/stats/daily", params={"scope": "staff", "scope_id": userid, "from": day,
+                                                          "to": day}).json()["items"]
             row = [c["new_customers"], c["welcomes_sent"], c["coupons_issued"], c["coupons_redeemed"],
                    c["lost_customers"] + c["deleted_customers"]]
             totals = [a + b for a, b in zip(totals, row)]
@@ -201,7 +202,17 @@ class Demo:
         say(f"   {'total':<10}{totals[0]:>15}{totals[1]:>15}{totals[2]:>16}{totals[3]:>10}{totals[4]:>6}")
         self.check(totals[1] == len(self.customers) and totals[2] == len(self.customers),
                    "welcomes and coupons counted once per customer despite re-sends and API failures")
+        self.check(totals[0] == len(self.customers) + 1,
+                   "new customers include the one whose callback was lost, counted once the night found them")
         self.check(totals[3] == 5, "five redemptions credited to the staff who brought the customers")
+        self.check(totals[4] == 1, "the customer who deleted their staff member is counted as lost")
+        ranking = self.api("GET", "/stats/ranking", params={"scope": "staff", "parent": f"store:{STORE}", "day": day,
+                                                            "metric": "new_customers"}).json()
+        say("   new customers ranked in the store: " + ", ".join(
+            f"{item['rank']}. {item['name']} {item['value']}" for item in ranking["items"]))
+        self.check([i["value"] for i in ranking["items"]] == sorted(
+            [i["value"] for i in ranking["items"]], reverse=True) and sum(i["value"] for i in ranking["items"]) ==
+            totals[0], "the store's ranking adds up to its staff's figures, highest first")
 
 
 def _count(report: dict, key: str) -> int:

@@ -11,7 +11,6 @@ import secrets
 import pytest
 from scrm.domain import coupons
 from scrm.platform.config import business_day
-from scrm.store.once import counters
 
 from infra.local.demo import Demo
 from infra.local.stack import LocalStack, demo_corp
@@ -56,7 +55,7 @@ def test_resent_four_times_and_a_third_of_api_calls_failing_every_customer_is_we
         assert held[0].code in str(welcome)  # the welcome carried that customer's own code
     assert coupons.stock(store.corp_id, store.template_id)["issued"] == CUSTOMERS
     day = business_day(welcomes[0]["sent_at"])
-    total = counters(store.corp_id, "corp", store.corp_id, day)
+    [total] = store.api("GET", "/stats/daily", params={"scope": "corp", "from": day, "to": day}).json()["items"]
     assert (total["new_customers"], total["welcomes_sent"], total["coupons_issued"]) == (CUSTOMERS,) * 3
 
 

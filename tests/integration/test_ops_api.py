@@ -24,6 +24,7 @@ from scrm.entry.ops import campaigns as ops_campaigns
 from scrm.entry.ops import contact_ways as ops_ways
 from scrm.entry.ops import coupons as ops_coupons
 from scrm.entry.ops import org as ops_org
+from scrm.entry.ops import stats as ops_stats
 from scrm.entry.ops.inputs import PAGE, Field
 from scrm.platform.credentials import CorpCredentials
 from scrm.store import corps, keys
@@ -596,6 +597,8 @@ QUERY_SPECS: dict[tuple[str, str], dict[str, Field]] = {
     ("GET", "/ops/campaigns"): PAGE,
     ("GET", "/ops/coupon-templates"): PAGE,
     ("GET", "/ops/customers/{external_userid}/coupons"): PAGE,
+    ("GET", "/ops/stats/daily"): ops_stats.DAILY_QUERY,
+    ("GET", "/ops/stats/ranking"): ops_stats.RANKING_QUERY,
 }
 
 

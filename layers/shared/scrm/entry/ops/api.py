@@ -12,13 +12,14 @@ from scrm.entry.ops import (
     customers,
     errors,
     org,
+    stats,
 )
 
 PREFIX = "/ops"
 
 app = APIGatewayHttpResolver()
 app.use(middlewares=[auth.require_corp])
-for area in (org, contact_ways, campaigns, coupons, customers):
+for area in (org, contact_ways, campaigns, coupons, customers, stats):
     app.include_router(area.router, prefix=PREFIX)
 app.exception_handler(Exception)(errors.to_response)
 
