@@ -183,7 +183,7 @@ class Demo:
 
     # -- the figures --------------------------------------------------------------------------
     def table(self) -> None:
-        step("8. Per staff member, today (GET /ops/stats/daily, projected from the table's stream)")
+        step("8. Per staff member, today (GET /ops/stats/daily, from the stream)")
         from scrm.platform.config import business_day
 
         self.stack.drain(timeout=60)  # the stats projector has read the stream to its end

@@ -44,7 +44,7 @@ def daily(corp_id: str, scope: str, scope_id: str, first: dt.date, last: dt.date
 def ranking(corp_id: str, scope: str, parent_scope: str, parent_id: str, day: str, metric: str,
             limit: int) -> list[dict]:
     """The `scope`s ranked in one parent by `metric` on `day`, highest first; equal values share
-    a rank (1, 2, 2, 4). Scopes with nothing that day are not listed."""
+    a rank (1, 2, 2, 4) and are listed by id. Scopes with nothing that day are not listed."""
     if parent_scope not in RANKED_IN[scope]:
         raise Invalid(f"a {scope} is ranked in {', '.join(RANKED_IN[scope])}", "parent")
     if not 1 <= limit <= MAX_RANKING:
@@ -52,7 +52,7 @@ def ranking(corp_id: str, scope: str, parent_scope: str, parent_id: str, day: st
     rows = RankEntry.gsi1.query(keys.ranking(corp_id, parent_scope, parent_id, scope, day, metric),
                                 scan_index_forward=False, limit=limit)
     items: list[dict] = []
-    for row in rows:
+    for row in sorted(rows, key=lambda r: (-int(r.value), r.scope_id)):  # equal values by id
         value = int(row.value)
         rank = items[-1]["rank"] if items and items[-1]["value"] == value else len(items) + 1
         items.append({"scope_id": row.scope_id, "value": value, "rank": rank})
