@@ -29,8 +29,11 @@ class AwsCallCounter:
         counter = self
 
         def counted(client, operation, params):
+            service = client.meta.service_model.service_name
+            if threading.current_thread().name.startswith("stream-"):  # infra.local.streams' threads
+                service += " (stats projector)"  # it works off the stream, not on a customer's path
             with counter._lock:
-                counter.counts[(client.meta.service_model.service_name, operation)] += 1
+                counter.counts[(service, operation)] += 1
             return counter._original(client, operation, params)
 
         self._client_class._make_api_call = counted
@@ -89,6 +92,11 @@ def _welcomes(stack, demo) -> None:
          "(" + ", ".join(f"{op} {n / CUSTOMERS:.1f}" for (s, op), n in sorted(counter.counts.items())
                          if s == "dynamodb") + ")")
     line("SQS sends per new customer", f"{counter.counts[('sqs', 'SendMessage')] / CUSTOMERS:.2f}")
+    projector = "dynamodb (stats projector)"
+    line("stats projector's DynamoDB requests per new customer (off the path)",
+         f"{counter.total(projector) / CUSTOMERS:.1f}",
+         "(" + ", ".join(f"{op} {n / CUSTOMERS:.1f}" for (s, op), n in sorted(counter.counts.items())
+                         if s == projector) + ")")
 
 
 def _coupon_claims(corp_id: str, demo) -> None:

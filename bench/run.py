@@ -8,7 +8,8 @@ Spine (issue 2)
 Acquisition (issue 3)
   4. callback-to-welcome latency p50/p99 on the local stack (goal p99 < 2 s), as the
      WeCom simulator measures it: from the WelcomeCode's issue to send_welcome_msg
-  5. DynamoDB requests and WeCom calls per new customer (goal ≤ 2 WeCom calls besides a token refresh)
+  5. DynamoDB requests and WeCom calls per new customer (goal ≤ 2 WeCom calls besides a token refresh);
+     the stats projector's requests, which it makes from the stream after the fact, apart
   6. coupon issues per second under 200 concurrent claims, with the oversell count (goal 0)
 
 Latencies are wall-clock on a shared 2-core machine: compare runs on the same machine.

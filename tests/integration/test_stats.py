@@ -469,7 +469,7 @@ def test_each_scope_ranks_in_the_nearest_level_above_it(table):
         return [(i["scope_id"], i["value"]) for i in figures.ranking(CORP, scope, parent, parent_id, D1, metric, 10)]
 
     assert ranked("staff", "store", "1001") == [("zhangsan", 1)]
-    assert ranked("store", "region", "100") == [("1002", 1), ("1001", 1)]
+    assert ranked("store", "region", "100") == [("1001", 1), ("1002", 1)]  # equal values by id
     assert ranked("region", "branch", "10") == [("100", 2)]
     assert ranked("branch", "corp", CORP) == [("10", 2)]
     assert ranked("staff", "corp", CORP) == [("floater", 1)]
