@@ -12,15 +12,17 @@ For one batch of records, in stream order:
    a replay after a bisect) cancels the transaction and names itself; that fact is dropped
    and the rest is written again. So a fact lands once whatever arrives twice, and a batch
    of many facts costs a marker each plus one write per counter it touches, not five.
-3. The rankings of every counter the chunk touched (those of facts found counted before as
-   well: a crash may have come between a counter and its ranking): the counter is read back
+3. Once per batch, the rankings of every counter its chunks touched (those of facts found
+   counted before as well: a crash may have come between a counter and its ranking), so a
+   counter's entry is written once however many chunks touched it: the counter is read back
    consistently and its value written into its parent's ranking where the entry holds less,
    only ever upwards. Counters only grow, so writers racing on one ranking entry (two shards,
    a retry) end on the counter's final value whatever their order, with no transaction and
    no conflict on hot items.
 
 A chunk that fails (DynamoDB throttled, say) is reported with the sequence number of its
-first record: Lambda checkpoints what came before and retries from there. A record that can
+first record: Lambda checkpoints what came before and retries from there (a batch whose
+rankings could not be raised is reported from its first record). A record that can
 never be read raises BadRecord once the records before it are applied: a function error, so
 Lambda bisects the batch until that record is alone and, after MaximumRetryAttempts, sets
 only it aside in the failure queue; the records around it still count.
@@ -128,6 +130,14 @@ class _Chunk:
         new_counters = {k for f, scopes in credits for k in _counter_keys(f, scopes)} - self.counters
         return len(self.facts) + len(new_facts) + len(self.counters) + len(new_counters)
 
+    def touched(self) -> dict[CounterKey, set[str]]:
+        """Each counter the chunk's facts touch, with the metrics they touch."""
+        found: dict[CounterKey, set[str]] = defaultdict(set)
+        for fact, scopes in self.facts.values():
+            for key in _counter_keys(fact, scopes):
+                found[key].add(fact.metric)
+        return found
+
     def add(self, record: dict, credits: list[tuple[Fact, dict[str, str]]]) -> None:
         self.records.append(record)
         for fact, scopes in credits:
@@ -152,8 +162,30 @@ def project(records: Iterable[dict], *, time_left: Callable[[], float] = lambda:
     """Apply the facts of `records` (a stream batch, in order); see the module docstring.
 
     Returns what was done and the first record not applied (`failed`); raises BadRecord for a
-    record that can never be applied, after applying the ones before it."""
-    outcome, org, chunk = Outcome(), Org(), _Chunk()
+    record that can never be applied, after applying the ones before it. The rankings of all
+    the counters the batch touched are raised once, at the end."""
+    records = list(records)
+    outcome, org, touched = Outcome(), Org(), defaultdict(set)
+    unreadable = None
+    try:
+        _count(records, outcome, org, touched, time_left, now)
+    except BadRecord as err:
+        unreadable = err
+    try:
+        _rank(touched, org)
+    except Exception:  # noqa: BLE001 - the counters are right; the batch again finds them counted
+        log.exception("stats rankings not raised", extra={"records": len(records)})
+        outcome.failed = sequence_number(records[0])
+        return outcome
+    if unreadable is not None:
+        raise unreadable
+    return outcome
+
+
+def _count(records: list[dict], outcome: Outcome, org: Org, touched: dict[CounterKey, set[str]],
+           time_left: Callable[[], float], now: Callable[[], float]) -> None:
+    """Count the records' facts chunk by chunk; `touched` gathers the counters of applied chunks."""
+    chunk = _Chunk()
 
     def flush() -> bool:
         nonlocal chunk
@@ -164,7 +196,7 @@ def project(records: Iterable[dict], *, time_left: Callable[[], float] = lambda:
             outcome.failed = first
             return False
         try:
-            counted, repeated = _apply(chunk, org, now)
+            counted, repeated = _apply(chunk, now)
         except Exception:  # noqa: BLE001 - reported to Lambda, which retries from this record
             log.exception("stats chunk not applied", extra={"from_sequence_number": first,
                                                             "records": len(chunk.records)})
@@ -172,6 +204,8 @@ def project(records: Iterable[dict], *, time_left: Callable[[], float] = lambda:
             return False
         outcome.counted += counted
         outcome.repeated += repeated
+        for key, metrics in chunk.touched().items():
+            touched[key] |= metrics
         chunk = _Chunk()
         return True
 
@@ -184,25 +218,24 @@ def project(records: Iterable[dict], *, time_left: Callable[[], float] = lambda:
                 log.error("stats record cannot be read", extra={"sequence_number": sequence_number(record),
                                                                 "error": str(err)})
                 raise
-            return outcome
+            return
         try:
             credits = [(fact, org.credited(fact)) for fact in facts]
         except Exception:  # noqa: BLE001 - reported to Lambda, which retries from this record
             if flush():
                 log.exception("stats record not placed", extra={"sequence_number": sequence_number(record)})
                 outcome.failed = sequence_number(record)
-            return outcome
+            return
         outcome.facts += len(facts)
         if chunk.records and chunk.items_with(credits) > MAX_TRANSACTION_ITEMS:
             if not flush():
-                return outcome
+                return
         chunk.add(record, credits)
     flush()
-    return outcome
 
 
-def _apply(chunk: _Chunk, org: Org, now: Callable[[], float]) -> tuple[int, int]:
-    """The chunk's facts counted (those not counted before), then its rankings refreshed."""
+def _apply(chunk: _Chunk, now: Callable[[], float]) -> tuple[int, int]:
+    """The chunk's facts counted, those not counted before: (counted, found counted before)."""
     pending = list(chunk.facts.values())
     repeated, conflicts = 0, 0
     while pending:
@@ -226,7 +259,6 @@ def _apply(chunk: _Chunk, org: Org, now: Callable[[], float]) -> tuple[int, int]
         repeated += len(done)
         skip = set(done)
         pending = [entry for i, entry in enumerate(pending) if i not in skip]
-    _rank(chunk, org)
     return len(pending), repeated
 
 
@@ -245,16 +277,12 @@ def _add(key: CounterKey, counts: Counter) -> once.Write:
     return write
 
 
-def _rank(chunk: _Chunk, org: Org) -> None:
+def _rank(touched: dict[CounterKey, set[str]], org: Org) -> None:
     """Copy each touched counter's value into its parent's ranking (only upwards).
 
     The entries are read first (cheaper than a write whose condition fails), so a redelivered
     batch, whose counters are already ranked, writes nothing."""
-    touched: dict[CounterKey, set[str]] = defaultdict(set)
-    for fact, scopes in chunk.facts.values():
-        for key in _counter_keys(fact, scopes):
-            if key.scope != "corp":
-                touched[key].add(fact.metric)
+    touched = {key: metrics for key, metrics in touched.items() if key.scope != "corp"}
     if not touched:
         return
     rows = {(row.PK, row.SK): row for row in DailyCounter.batch_get(
