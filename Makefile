@@ -7,7 +7,7 @@ export SAM_CLI_TELEMETRY := 0
 export PYTHONPATH := $(CURDIR)/layers/shared:$(CURDIR)
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help venv test test-fast fuzz demo up bench deploy validate build register-corp org-sync org-rule replay-dlq clean
+.PHONY: help venv test test-fast fuzz demo up bench deploy validate build register-corp org-sync org-rule replay-dlq replay-stats clean
 
 help:
 	@echo "make demo   - start the local stack and replay a store's morning through it"
@@ -21,6 +21,7 @@ help:
 	@echo "make org-sync [CORP=ww...] [AWS=1] - full sync of departments and staff from WeCom"
 	@echo "make org-rule CORP=ww... RULE_FILE=rule.json [AWS=1] - how departments map to branch/region/store"
 	@echo "make replay-dlq [AWS=1] [ARGS=--dry-run] - move dead-lettered events back to their queues"
+	@echo "make replay-stats [AWS=1] [ARGS=--dry-run] - count the stream records the stats projector set aside"
 
 $(STAMP): requirements-dev.txt layers/shared/requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -72,6 +73,9 @@ org-rule: $(STAMP)
 
 replay-dlq: $(STAMP)
 	$(BIN)/python -m infra.scripts.replay_dlq $(if $(AWS),--aws) $(ARGS)
+
+replay-stats: $(STAMP)
+	$(BIN)/python -m infra.scripts.replay_stats $(if $(AWS),--aws) $(ARGS)
 
 clean:
 	rm -rf .aws-sam .local

@@ -16,17 +16,26 @@ COUPON_CLAIMS = 200
 COUPON_STOCK = 100
 
 
+PROJECTOR = "StatsFunction"
+
+
 class AwsCallCounter:
     """The AWS requests every process made meanwhile, as the moto server counted them."""
 
     def __init__(self, stack):
         self._stack = stack
         self._before = stack.aws_requests()
+        self._before_projector = stack.aws_requests(PROJECTOR)
         self.counts: Counter = Counter()
+        self.projector: Counter = Counter()  # the stats projector's own, off the customer's path
 
     def close(self) -> None:
         after = self._stack.aws_requests()
         after.subtract(self._before)
+        projector = self._stack.aws_requests(PROJECTOR)
+        projector.subtract(self._before_projector)
+        after.subtract(projector)
+        self.projector = Counter({name: n for name, n in projector.items() if n})
         self.counts = Counter({tuple(name.split(":", 1)): n for name, n in after.items() if n})
 
 
@@ -77,6 +86,10 @@ def _welcomes(stack, demo) -> None:
                            if n and "gettoken" not in p) + f"; gettoken {tokens})")
     line("SQS sends per new customer", f"{counter.counts[('sqs', 'SendMessage')] / CUSTOMERS:.2f}")
     _dynamodb_cost(meter.read(stack.endpoint), before_meter)
+    projector = counter.projector
+    line("stats projector's AWS requests per new customer (off the path, from the stream)",
+         f"{sum(projector.values()) / CUSTOMERS:.1f}",
+         "(" + ", ".join(f"{name} {n / CUSTOMERS:.1f}" for name, n in sorted(projector.items())) + ")")
 
 
 def _dynamodb_cost(after: dict, before: dict) -> None:

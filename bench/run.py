@@ -11,7 +11,8 @@ Acquisition (issue 3)
      WeCom simulator measures it: from the WelcomeCode's issue to send_welcome_msg
   5. WeCom calls per new customer (goal ≤ 2 besides a token refresh); DynamoDB requests per new
      customer, where each goes, and the write units they cost (goal ≤ 12), metered by the
-     local moto server (infra.local.meter)
+     local moto server (infra.local.meter); the stats
+     projector's requests, which it makes from the stream after the fact, apart
   6. coupon issues per second under 200 concurrent claims, with the oversell count (goal 0)
 Burst (bench/burst.py)
   7. 50 new customers within one second, each callback delivered four times: welcomed once,

@@ -10,7 +10,9 @@ write units DynamoDB would bill, from the items' sizes (moto reports none of its
 * each global index the item is (or was) in costs the same again for that index, twice
   when the write changes the item's key in it (a delete and a put).
 
-`GET /_scrm/dynamodb-meter` on the moto endpoint answers the totals so far as JSON:
+Requests of the functions that work off the table's stream (OFF_THE_PATH) are not metered:
+they happen after the fact, on no customer's path. `GET /_scrm/dynamodb-meter` on the moto
+endpoint answers the totals so far as JSON:
 {"requests": {"<Operation> <kind>": n}, "write_units": x, "index_write_units": y}.
 """
 from __future__ import annotations
@@ -31,6 +33,10 @@ PATH = "/_scrm/dynamodb-meter"
 KB = 1024
 INDEXES = (("GSI1PK", "GSI1SK"), ("GSI2PK", "GSI2SK"))
 _REGION = re.compile(r"Credential=[^/]+/[^/]+/([^/]+)/dynamodb/")
+_CALLER = re.compile(r"Credential=([^/]+)/")
+# Functions that work from the table's stream after the fact, never on a customer's path: the
+# local stack signs each function's requests with its logical id as the access key id.
+OFF_THE_PATH = frozenset({"StatsFunction"})
 _WRITES = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}
 
 
@@ -62,7 +68,8 @@ class DynamoDBMeter:
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
         target = environ.get("HTTP_X_AMZ_TARGET", "")
-        if not target.startswith("DynamoDB_"):
+        caller = _CALLER.search(environ.get("HTTP_AUTHORIZATION", ""))
+        if not target.startswith("DynamoDB_") or (caller and caller.group(1) in OFF_THE_PATH):
             return self.app(environ, start_response)
         length = int(environ.get("CONTENT_LENGTH") or 0)
         raw = environ["wsgi.input"].read(length)

@@ -42,10 +42,10 @@ import requests
 from botocore.exceptions import ClientError
 from moto import backends as moto_backends
 from moto.core import responses as moto_responses
+from moto.core.request import Request as MotoRequest
 from moto.dynamodb import models as dynamodb_models
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import Table
-from moto.core.request import Request as MotoRequest
 from moto.dynamodb.responses import DynamoHandler
 from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 from moto.server import DomainDispatcherApplication, create_backend_app
@@ -391,6 +391,9 @@ def install_fast_transactions() -> None:
 
     Needs requests to the backend to be serialized (they are, see SerializedDynamoDB, and
     the integration tests' fixture), which DynamoDB's own atomicity makes correct anyway.
+    A cancelled transaction also leaves no stream record behind, as on DynamoDB: moto applies
+    the items one by one (each adding a record) before it finds a failed condition, and the
+    restore adds more.
     """
     if getattr(DynamoDBBackend.transact_write_items, "_scrm_fast", False):
         return
@@ -399,6 +402,7 @@ def install_fast_transactions() -> None:
 
     def transact_write_items(self, transact_items):
         snapshots = []
+        streams = {}
         for entry in transact_items:
             op_type, op = next(iter(entry.items()))
             try:
@@ -407,6 +411,9 @@ def install_fast_transactions() -> None:
             except Exception:  # noqa: BLE001 - moto itself reports what is wrong with the item
                 continue
             snapshots.append((table_name, key, copy.deepcopy(current.to_json()["Attributes"]) if current else None))
+            shard = self.get_table(table_name).stream_shard
+            if shard is not None:
+                streams.setdefault(table_name, (shard, len(shard.items)))
         try:
             return original(self, transact_items)
         except Exception:
@@ -415,6 +422,8 @@ def install_fast_transactions() -> None:
                     self.delete_item(table_name, key)
                 else:
                     self.put_item(table_name, attributes)
+            for shard, length in streams.values():
+                del shard.items[length:]
             raise
 
     transact_write_items._scrm_fast = True

@@ -10,7 +10,8 @@ Closer to Lambda than one process could be, it runs:
     one else's), its own Powertools Logger and service name, one invocation per instance,
     more instances when invocations overlap (infra/local/functions.py);
   * in this process: the WeCom simulator, an HTTP gateway for the HttpApi routes, and one
-    poller per event source mapping, which hand events to the functions' instances.
+    poller per event source mapping (SQS queues, and the table's stream: infra/local/streams.py),
+    which hand events to the functions' instances.
 Everything listens on 127.0.0.1 only.
 
 Environment (all optional):
@@ -26,6 +27,8 @@ Environment (all optional):
                           function's ReservedConcurrentExecutions, when lower, wins
   SCRM_LOCAL_LOGS         a directory for the functions' logs, one file per instance under
                           <dir>/<FunctionId>/ (default: they print to this terminal)
+  SCRM_LOCAL_STREAM_WINDOW  the stream sources' MaximumBatchingWindowInSeconds locally, at most
+                          (default 1), so that a drain does not wait out the template's window
   SCRM_LOCAL_CORPS        JSON file with a list of {corp_id, token, encoding_aes_key, secret,
                           agent_id}; without it a throwaway demo corp is generated
   SCRM_PARAMETER_OVERRIDES  template parameters, as for `sam deploy`: "Key=Value Key2=Value2"
@@ -71,6 +74,7 @@ from infra.local.gateway import Gateway, JwtAuthorizer, Target
 from infra.local.moto_server import MotoProcess
 from infra.local.pollers import QueuePoller
 from infra.local.runtime import LambdaContext
+from infra.local.streams import StreamPoller
 
 log = logging.getLogger("infra.local.stack")
 
@@ -182,7 +186,7 @@ class LocalStack:
                  http_port: int | None = None, sim_port: int | None = None, visibility: int | str | None = None,
                  corps: list | None = None, parameters: dict[str, str] | None = None,
                  state_file: Path | str | None = None, logs: Path | str | None = None,
-                 concurrency: int | None = None):
+                 concurrency: int | None = None, stream_window: float | None = None):
         self.template_path = Path(template_path)
         self.template = tpl.load(self.template_path)
         self.moto_port = _env_int("SCRM_MOTO_PORT", 0) if moto_port is None else moto_port
@@ -193,6 +197,7 @@ class LocalStack:
             else concurrency
         logs = os.environ.get("SCRM_LOCAL_LOGS") or None if logs is None else logs
         self.logs = Path(logs).resolve() if logs else None  # None: the functions print to this terminal
+        self.stream_window = _env_int("SCRM_LOCAL_STREAM_WINDOW", 1) if stream_window is None else stream_window
         self.parameters = parse_overrides(os.environ.get("SCRM_PARAMETER_OVERRIDES", "")) \
             if parameters is None else parameters
         self._corps_arg = corps
@@ -215,7 +220,8 @@ class LocalStack:
         self.stand_ins: dict[str, Callable[[Any, Any], Any]] = {}
         self._moto: MotoProcess | None = None
         self._gateway: Gateway | None = None
-        self._sources: list = []  # the pollers of the event source mappings
+        self._sources: list = []  # the pollers of the SQS event source mappings
+        self._stream_pollers: list[StreamPoller] = []  # and of the DynamoDB stream ones
         self._stopping = threading.Event()
         self._saved_env: dict[str, str | None] = {}
         self._activity = threading.Condition()
@@ -267,6 +273,9 @@ class LocalStack:
         for source in self._sources:
             source.join(timeout=15)  # an invocation in progress is allowed to finish
         self._sources = []
+        for stream_poller in self._stream_pollers:
+            stream_poller.stop(timeout=15)
+        self._stream_pollers = []
         if self._gateway:
             self._gateway.stop()
             self._gateway = None
@@ -545,10 +554,28 @@ class LocalStack:
                                            self.region, self.invoke, self._stopping, concurrency=limit))
         return sources
 
+    def _stream_sources(self) -> list[StreamPoller]:
+        """One stream poller per DynamoDB stream event source (infra.local.streams): it reads the
+        table's stream through the moto server and hands batches to `self.invoke`. drain() waits
+        until each has passed over its stream, finding nothing, after the last invocation."""
+        pollers = []
+        for fn in self.template.functions.values():
+            for stream in fn.stream_sources:
+                on_failure = self.queues[stream.on_failure].url if stream.on_failure else None
+                pollers.append(StreamPoller(fn.logical_id, stream, self.stream_arns[stream.table], self.invoke,
+                                            endpoint=self.endpoint, region=self.region, on_failure_url=on_failure,
+                                            batching_window=min(stream.batching_window, self.stream_window)))
+        return pollers
+
     def _start_event_sources(self) -> None:
         self._sources = self._event_sources()
-        for source in self._sources:
+        self._stream_pollers = self._stream_sources()
+        for source in [*self._sources, *self._stream_pollers]:
             source.start()
+
+    def stream_arn(self, table_logical_id: str) -> str:
+        """The stream of one of the template's tables (created with a StreamSpecification)."""
+        return self.stream_arns[table_logical_id]
 
     # --- what tests, the demo and /_local/ use --------------------------------------------
     def ops_claims(self, corp_id: str, now: float | None = None) -> dict:
@@ -644,17 +671,21 @@ class LocalStack:
         Failed messages count as not drained until they succeed or reach the dead-letter
         queue, so this also waits for retries (each one VisibilityTimeout later)."""
         deadline = time.monotonic() + timeout
+        mark, counted = time.monotonic(), None
         while True:
             with self._activity:
                 busy, seen = self._in_flight, self._invocations
-            waiting = [] if busy else [source for source in self._sources if not source.idle()]
+            if seen != counted:  # invocations ended since the last look: their writes are on the streams
+                mark, counted = time.monotonic(), seen
+            waiting = [] if busy else [source for source in self._sources if not source.idle()] + [
+                poller for poller in self._stream_pollers if not poller.caught_up_since(mark)]
             if busy == 0 and not waiting:
                 with self._activity:
-                    # Nothing started meanwhile that could have sent a message after we looked.
+                    # Nothing started meanwhile that could have sent a message or written an item.
                     if self._in_flight == 0 and self._invocations == seen:
                         return
             if time.monotonic() > deadline:
-                sources = {s.queue.name if hasattr(s, "queue") else repr(s) for s in waiting}
+                sources = {s.queue.name if hasattr(s, "queue") else f"stream of {s.function}" for s in waiting}
                 raise TimeoutError(f"not drained after {timeout} s: {busy} invocation(s) running, "
                                    f"not idle: {sorted(sources) or 'none'}; queues {self.queue_depths()}")
             with self._activity:
@@ -688,6 +719,11 @@ class LocalStack:
                 lines.append(f"  poller {source.queue.name} -> {source.function} (batch {source.source.batch_size}, "
                              f"{source.concurrency} in flight"
                              f"{', ReportBatchItemFailures' if source.source.report_batch_item_failures else ''})")
+        for poller in self._stream_pollers:
+            stream = poller.source
+            lines.append(f"  stream {stream.table} -> {poller.function} (batch {stream.batch_size}, window "
+                         f"{poller.batching_window:g} s{', bisect' if stream.bisect_on_error else ''}, retries "
+                         f"{stream.maximum_retry_attempts}{', on failure -> ' + stream.on_failure if stream.on_failure else ''})")
         for fn in self.template.functions.values():
             for schedule in fn.schedules:
                 lines.append(f"  schedule {fn.logical_id} {schedule.expression}: run it with "

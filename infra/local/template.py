@@ -11,6 +11,7 @@ and the variable, never a silently wrong value.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,24 @@ class SqsSource:
 
 
 @dataclass(frozen=True)
+class StreamSource:
+    """A DynamoDB stream event source, with the settings Lambda's event source mapping honours."""
+
+    event: str
+    table: str  # logical id of the table whose StreamArn it reads
+    starting_position: str  # TRIM_HORIZON | LATEST
+    batch_size: int = 100
+    batching_window: float = 0  # MaximumBatchingWindowInSeconds
+    report_batch_item_failures: bool = False
+    bisect_on_error: bool = False
+    maximum_retry_attempts: int = -1  # -1: until the record expires
+    maximum_record_age: int = -1  # seconds; -1: until the record expires
+    on_failure: str | None = None  # logical id of the queue the failed batches' descriptions go to
+    filters: tuple[dict, ...] = ()  # FilterCriteria patterns: a record passes if it matches one
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class Schedule:
     event: str
     expression: str
@@ -90,6 +109,11 @@ class Schedule:
 class Table:
     logical_id: str
     properties: dict
+
+    @property
+    def stream_view_type(self) -> str | None:
+        """The StreamSpecification's view type; None when the table has no stream."""
+        return (self.properties.get("StreamSpecification") or {}).get("StreamViewType")
 
 
 @dataclass
@@ -127,6 +151,7 @@ class Function:
     reserved_concurrency: Any = None  # raw ReservedConcurrentExecutions (resolve it): instances at most
     routes: list[Route] = field(default_factory=list)
     sqs_sources: list[SqsSource] = field(default_factory=list)
+    stream_sources: list[StreamSource] = field(default_factory=list)
     schedules: list[Schedule] = field(default_factory=list)
 
     @property
@@ -156,7 +181,9 @@ class Template:
         return sorted(self.queues.values(), key=lambda q: q.dlq is not None)
 
     def dlq_ids(self) -> set[str]:
-        return {q.dlq for q in self.queues.values() if q.dlq}
+        """Dead-letter queues: the targets of redrive policies and of stream sources' OnFailure."""
+        return ({q.dlq for q in self.queues.values() if q.dlq}
+                | {s.on_failure for fn in self.functions.values() for s in fn.stream_sources if s.on_failure})
 
     @property
     def http_api_stage(self) -> Any:
@@ -212,11 +239,48 @@ def _function(logical_id: str, props: dict, glob: dict, resources: dict) -> Func
                 report_batch_item_failures="ReportBatchItemFailures" in ep.get("FunctionResponseTypes", []),
                 maximum_concurrency=(ep.get("ScalingConfig") or {}).get("MaximumConcurrency"),
             ))
+        elif kind == "DynamoDB":
+            fn.stream_sources.append(_stream_source(f"{logical_id}.{name}", name, ep))
         elif kind == "Schedule":
             fn.schedules.append(Schedule(event=name, expression=ep["Schedule"]))
         else:
             raise TemplateError(f"{logical_id}.{name}: event type {kind} is not run by the local stack")
     return fn
+
+
+def _get_att(value: Any, attribute: str, where: str) -> str:
+    if isinstance(value, dict) and "Fn::GetAtt" in value and value["Fn::GetAtt"][1] == attribute:
+        return value["Fn::GetAtt"][0]
+    raise TemplateError(f"{where} must be !GetAtt <resource>.{attribute}")
+
+
+def _stream_source(where: str, name: str, ep: dict) -> StreamSource:
+    unsupported = sorted(set(ep) & {"StartingPositionTimestamp", "TumblingWindowInSeconds"})
+    if unsupported:
+        raise TemplateError(f"{where}: {', '.join(unsupported)} is not run by the local stack")
+    position = ep.get("StartingPosition")
+    if position not in ("TRIM_HORIZON", "LATEST"):
+        raise TemplateError(f"{where}: StartingPosition must be TRIM_HORIZON or LATEST locally")
+    on_failure = ((ep.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+    try:
+        filters = tuple(json.loads(f["Pattern"]) for f in (ep.get("FilterCriteria") or {}).get("Filters") or [])
+    except (KeyError, TypeError, ValueError):
+        raise TemplateError(f"{where}: each FilterCriteria filter needs a JSON Pattern") from None
+    return StreamSource(
+        event=name,
+        table=_get_att(ep.get("Stream"), "StreamArn", f"{where}: Stream"),
+        starting_position=position,
+        batch_size=int(ep.get("BatchSize", 100)),
+        batching_window=float(ep.get("MaximumBatchingWindowInSeconds", 0)),
+        report_batch_item_failures="ReportBatchItemFailures" in ep.get("FunctionResponseTypes", []),
+        bisect_on_error=bool(ep.get("BisectBatchOnFunctionError", False)),
+        maximum_retry_attempts=int(ep.get("MaximumRetryAttempts", -1)),
+        maximum_record_age=int(ep.get("MaximumRecordAgeInSeconds", -1)),
+        on_failure=_get_att(on_failure, "Arn", f"{where}: DestinationConfig.OnFailure.Destination")
+        if on_failure is not None else None,
+        filters=filters,
+        enabled=bool(ep.get("Enabled", True)),
+    )
 
 
 def load(path: Path | str = TEMPLATE_PATH) -> Template:
@@ -238,6 +302,13 @@ def load(path: Path | str = TEMPLATE_PATH) -> Template:
         for source in fn.sqs_sources:
             if source.queue not in queues:
                 raise TemplateError(f"{fn.logical_id}.{source.event}: {source.queue} is not a queue of this template")
+        for stream in fn.stream_sources:
+            if stream.table not in tables or tables[stream.table].stream_view_type is None:
+                raise TemplateError(f"{fn.logical_id}.{stream.event}: {stream.table} is not a table of this "
+                                    "template with a StreamSpecification")
+            if stream.on_failure is not None and stream.on_failure not in queues:
+                raise TemplateError(f"{fn.logical_id}.{stream.event}: the OnFailure destination {stream.on_failure} "
+                                    "is not a queue of this template")
     return template
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scrm.store import keys
+from scrm.store.models import Coupon, Follow, Welcome
 from scrm.wecom.callback.crypto import WeComCrypto
 
 SAMPLE_CORP = {
@@ -61,6 +63,44 @@ def sealed(crypto: WeComCrypto, plaintext: str, timestamp: str, nonce: str) -> t
     return body, query
 
 
+def stream_record(n: int, name: str, new, old=None) -> dict:
+    """A DynamoDB stream record as Lambda delivers it, the images as the models serialize them."""
+    change = {"ApproximateCreationDateTime": 1795600000 + n, "Keys": {"PK": {"S": new.PK}, "SK": {"S": new.SK}},
+              "NewImage": new.serialize(), "SequenceNumber": f"{1100000000017454423009 + n}", "SizeBytes": 512,
+              "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    if old is not None:
+        change["OldImage"] = old.serialize()
+    return {"eventID": f"sample{n:026d}", "eventName": name, "eventVersion": "1.1", "eventSource": "aws:dynamodb",
+            "awsRegion": "us-east-1", "dynamodb": change,
+            "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/scrm-ScrmTable/stream/"
+                              "2026-11-25T00:00:00.000"}
+
+
+def stats_batch(corp: str) -> dict:
+    """What the stats projector receives: a new customer, their welcome sent, their coupon issued and
+    redeemed, and a change of the follow that counts nothing (a profile fetch)."""
+    customer, staff, code = "wmSampleCustomer0001", "zhangsan", "SAMPLE0000000001"
+    follow = dict(external_userid=customer, userid=staff, status="active", added_at=1795600000,
+                  state="s1.st0001.c0.qr", version=17956000001, GSI1PK=keys.follows_of_staff(corp, staff),
+                  GSI1SK=f"{keys.FOLLOW_PREFIX}{customer}")
+    added = Follow(*keys.follow(corp, customer, staff), **follow)
+    fetched = Follow(*keys.follow(corp, customer, staff), **follow, remark="张女士", synced_at=1795600003)
+    claim = dict(external_userid=customer, userid=staff, claimed_at=1795600001, lease_until=1795600011, attempts=1)
+    sending = Welcome(*keys.welcome(corp, customer, staff, "WELCOMECODE0001"), status="sending", **claim)
+    sent = Welcome(*keys.welcome(corp, customer, staff, "WELCOMECODE0001"), status="sent", sent_at=1795600002,
+                   coupon_code=code, coupon_reason="issued", **claim)
+    terms = dict(code=code, template_id="newcomer", campaign_id="c0", external_userid=customer, occasion="welcome",
+                 kind="amount", amount=2000, threshold=10000, issued_at=1795600001, valid_from=1795600001,
+                 valid_until=1798271999, staff_userid=staff, store_id="1001",
+                 GSI1PK=keys.coupons_of_customer(corp, customer), GSI1SK=keys.coupon_of_customer_sk(1795600001, code))
+    issued = Coupon(*keys.coupon(corp, code), status="issued", **terms)
+    redeemed = Coupon(*keys.coupon(corp, code), status="redeemed", redeemed_at=1795603600, redeemed_store_id="1001",
+                      redeemed_by="lisi", redemption_request="pos-1-0001", **terms)
+    return {"Records": [stream_record(1, "INSERT", added), stream_record(2, "INSERT", issued),
+                        stream_record(3, "MODIFY", sent, sending), stream_record(4, "MODIFY", fetched, added),
+                        stream_record(5, "MODIFY", redeemed, issued)]}
+
+
 def build() -> dict[str, dict]:
     corp = SAMPLE_CORP["corp_id"]
     crypto = WeComCrypto(SAMPLE_CORP["token"], SAMPLE_CORP["encoding_aes_key"], corp)
@@ -96,6 +136,7 @@ def build() -> dict[str, dict]:
     welcome["Records"][0]["body"] = json.dumps(body, ensure_ascii=False)
     welcome["Records"][0]["eventSourceARN"] = "arn:aws:sqs:us-east-1:123456789012:WelcomeQueue"
     out["welcome/sqs_batch.json"] = welcome
+    out["stats/stream_batch.json"] = stats_batch(corp)
     out["sweeper/schedule.json"] = {
         "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event",
         "source": "aws.events", "account": "123456789012", "time": "2026-11-25T08:05:00Z", "region": "us-east-1",

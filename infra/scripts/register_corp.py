@@ -37,7 +37,6 @@ def read_credentials(path: str | None) -> dict:
 
 def read_legacy_secret(corp_id: str) -> dict:
     import boto3
-
     from scrm.platform.credentials import legacy_secret_name
 
     client = boto3.client("secretsmanager")

@@ -28,7 +28,8 @@ def configure(args: argparse.Namespace) -> dict:
         stack = boto3.client("cloudformation").describe_stacks(StackName=args.stack_name)["Stacks"][0]
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         queue_urls = {"EventsQueue": outputs["EventsQueueUrl"], "EventsDLQ": outputs["EventsDLQUrl"],
-                      "WelcomeQueue": outputs["WelcomeQueueUrl"], "WelcomeDLQ": outputs["WelcomeDLQUrl"]}
+                      "WelcomeQueue": outputs["WelcomeQueueUrl"], "WelcomeDLQ": outputs["WelcomeDLQUrl"],
+                      "StatsDLQ": outputs["StatsDLQUrl"]}
         table_name = outputs["TableName"]
     else:
         if not LOCAL_STATE.exists():

@@ -11,6 +11,7 @@ import secrets
 
 import pytest
 from scrm.domain import coupons
+from scrm.platform.config import business_day
 from scrm.store import keys
 from scrm.store.models import Welcome
 
@@ -70,6 +71,9 @@ def test_resent_four_times_and_a_third_of_api_calls_failing_every_customer_is_we
     assert sorted((w.external_userid, w.status) for w in recorded) == sorted((c, "sent") for c, _ in customers)
     assert {w.coupon_code for w in recorded} == {coupons.customer_coupons(store.corp_id, c)[0].code
                                                  for c, _ in customers}
+    day = business_day(welcomes[0]["sent_at"])
+    [total] = store.api("GET", "/stats/daily", params={"scope": "corp", "from": day, "to": day}).json()["items"]
+    assert (total["new_customers"], total["welcomes_sent"], total["coupons_issued"]) == (CUSTOMERS,) * 3
 
 
 def test_a_customer_deleting_the_staff_member_and_a_lost_callback_healed_at_night(store):

@@ -20,7 +20,13 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from infra.local import template as tpl
-from infra.local.gateway import UNAUTHORIZED, Target, find_route, http_event, http_response
+from infra.local.gateway import (
+    UNAUTHORIZED,
+    Target,
+    find_route,
+    http_event,
+    http_response,
+)
 from tests.integration.conftest import create_queues, create_scrm_table
 from tests.support.functions import LambdaContext, load_function
 

@@ -25,9 +25,9 @@ from scrm.store import keys
 from scrm.store.models import CouponTemplate, Department, Staff
 
 from tests.integration.test_ops_api import (  # noqa: F401 - fixtures
+    NOW,
     A,
     B,
-    NOW,
     _forget_known_corps,
     add_org,
     call,
@@ -244,7 +244,6 @@ def test_a_hand_made_cursor_is_a_400_naming_the_cursor(sim, call, subtests):
 def test_a_cursor_dynamodb_refuses_is_a_400_too(sim, call, monkeypatch):
     """A cursor that fits every check but still not the query (DynamoDB: outside its boundaries)."""
     from pynamodb.exceptions import QueryError
-
     from scrm.store import paging
     real = paging.page
 

@@ -1,7 +1,10 @@
 """Every function runs on its own sample event (the files `sam local invoke -e` takes)."""
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+from scrm.domain.stats import figures
 from scrm.platform.credentials import CorpCredentials
 from scrm.store import corps
 
@@ -38,3 +41,12 @@ def test_the_reconciliation_runs_on_its_schedule_event(sample_corp):
     report = load_function("reconcile").handler(sample("reconcile/schedule.json"), context)
     assert [r["corp_id"] for r in report["corps"]] == [VECTOR_A["corp_id"]]
     assert "error" not in report["corps"][0]
+
+
+def test_the_stats_projector_counts_its_sample_batch_once(sample_corp):
+    handler, batch = load_function("stats").handler, sample("stats/stream_batch.json")
+    assert handler(batch, LambdaContext()) == {"batchItemFailures": []}
+    assert handler(batch, LambdaContext()) == {"batchItemFailures": []}  # delivered again: counted once
+    [day] = figures.daily(VECTOR_A["corp_id"], "staff", "zhangsan", dt.date(2026, 11, 25), dt.date(2026, 11, 25))
+    assert day == {"day": "2026-11-25", "new_customers": 1, "lost_customers": 0, "deleted_customers": 0,
+                   "welcomes_sent": 1, "coupons_issued": 1, "coupons_redeemed": 1}

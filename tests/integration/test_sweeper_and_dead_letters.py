@@ -11,7 +11,11 @@ import boto3
 import pytest
 from scrm.entry import callback as intake
 from scrm.entry import worker
-from scrm.entry.recovery import describe_dead_letters, replay_dead_letters, sweep_pending
+from scrm.entry.recovery import (
+    describe_dead_letters,
+    replay_dead_letters,
+    sweep_pending,
+)
 from scrm.platform.credentials import CorpCredentials
 from scrm.platform.observability import metrics
 from scrm.store import corps, inbox, keys

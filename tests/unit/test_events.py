@@ -1,5 +1,11 @@
 import pytest
-from scrm.wecom.callback.events import CallbackEvent, EventError, check_create_time, dedupe_key, normalize
+from scrm.wecom.callback.events import (
+    CallbackEvent,
+    EventError,
+    check_create_time,
+    dedupe_key,
+    normalize,
+)
 
 SELF_BUILT = {"ToUserName": "ww1", "FromUserName": "sys", "CreateTime": "1795600000", "MsgType": "event",
               "Event": "change_external_contact", "ChangeType": "add_external_contact",

@@ -48,7 +48,8 @@ def test_every_function_of_the_template_is_in_the_model_with_every_event(templat
     assert set(template.functions) == set(raw)
     for logical_id, resource in raw.items():
         fn = template.functions[logical_id]
-        names = {r.event for r in fn.routes} | {s.event for s in fn.sqs_sources} | {s.event for s in fn.schedules}
+        names = {r.event for r in fn.routes} | {s.event for s in fn.sqs_sources} | {s.event for s in fn.schedules} \
+            | {s.event for s in fn.stream_sources}
         assert names == set(resource["Properties"].get("Events", {})), logical_id
         assert fn.module_path.is_file(), fn.module_path
         assert fn.layers == ["layers/shared"]
@@ -62,6 +63,33 @@ def test_the_callback_routes_worker_source_and_sweeper_schedule(template):
     assert worker.sqs_sources == [tpl.SqsSource("Events", "EventsQueue", 4, True, {"Ref": "WorkerMaxConcurrency"})]
     sweeper = template.functions["SweeperFunction"]
     assert sweeper.schedules == [tpl.Schedule("Sweep", "rate(5 minutes)")]
+
+
+def test_the_stats_projector_reads_the_tables_stream_with_lambdas_error_handling(template):
+    assert template.tables["ScrmTable"].stream_view_type == "NEW_AND_OLD_IMAGES"
+    [source] = template.functions["StatsFunction"].stream_sources
+    assert (source.event, source.table, source.starting_position) == ("TableStream", "ScrmTable", "TRIM_HORIZON")
+    assert (source.batch_size, source.batching_window) == (100, 5)
+    assert source.report_batch_item_failures and source.bisect_on_error
+    assert (source.maximum_retry_attempts, source.maximum_record_age, source.on_failure) == (10, -1, "StatsDLQ")
+    assert source.enabled
+    assert [sorted(p["dynamodb"]["NewImage"]["entity"]["S"]) for p in source.filters] == [["Coupon", "Follow"],
+                                                                                          ["Welcome"]]
+
+
+@pytest.mark.parametrize("change, message", [
+    (("Stream: !GetAtt ScrmTable.StreamArn", "Stream: !GetAtt ScrmTable.Arn"), "Stream must be !GetAtt"),
+    (("StartingPosition: TRIM_HORIZON", "StartingPosition: AT_TIMESTAMP"), "StartingPosition"),
+    (("        StreamViewType: NEW_AND_OLD_IMAGES\n", ""), "with a StreamSpecification"),
+    (("Destination: !GetAtt StatsDLQ.Arn", "Destination: !GetAtt EventsQueue.QueueUrl"), "OnFailure.Destination"),
+    (("- Pattern: '{", "- Pattern: '{{"), "JSON Pattern"),
+])
+def test_a_stream_source_the_stack_cannot_run_as_written_is_refused(tmp_path, change, message):
+    text = tpl.TEMPLATE_PATH.read_text(encoding="utf-8")
+    assert change[0] in text
+    (tmp_path / "template.yaml").write_text(text.replace(change[0], change[1], 1), encoding="utf-8")
+    with pytest.raises(tpl.TemplateError, match=message):
+        tpl.load(tmp_path / "template.yaml")
 
 
 def test_environment_is_globals_merged_with_the_functions_own(template):
@@ -81,7 +109,7 @@ def test_tables_and_queues_come_with_their_template_properties(template):
     assert order.index("EventsDLQ") < order.index("EventsQueue")
     events = template.queues["EventsQueue"]
     assert (events.dlq, events.max_receive_count) == ("EventsDLQ", 5)
-    assert template.dlq_ids() == {"EventsDLQ", "WelcomeDLQ"}
+    assert template.dlq_ids() == {"EventsDLQ", "WelcomeDLQ", "StatsDLQ"}  # StatsDLQ: a stream's OnFailure
     assert template.queues["WelcomeQueue"].dlq == "WelcomeDLQ"
     assert template.queues["EventsDLQ"].dlq is None
 

@@ -7,24 +7,17 @@ cancellation reasons) come in this order:
   1   put Coupon                                   attribute_not_exists (code uniqueness)
   2   update CouponStock  remaining -1, issued +1  remaining > 0
   3   update CouponClaims count +1                 attribute_not_exists(count) OR count < limit
-  4   the caller's `record` of what the coupon is for (the welcome's claim), if given
-The cancellation reasons tell, in this priority: unrecorded (the caller's record refused),
-already_issued (the marker's code is handed back), out_of_stock, limit_reached, then a code
-collision (retried with a new code). Nothing is checked outside the transaction, so two claims
-can never both pass the per-customer limit, and a retry finds the marker and returns the code
-issued the first time. Apart from the stock, every item is the customer's own: the marker and
-the claims count live in the customer's partition, and the coupon's row is new, under a code
-nobody else holds (it is keyed by the code so that a till finds it with one consistent read).
-The daily figures (coupons issued) are derived from the stream, never written here.
-
-Templates never change once created, so a process keeps the ones it has read.
+No item shared by many customers is touched (apart from the template's stock): the daily
+figures count the Coupon item's arrival from the table's stream (scrm.domain.stats).
+The cancellation reasons tell, in this priority: already_issued (the marker's code is handed back),
+out_of_stock, limit_reached, then a code collision (retried with a new code). Nothing is checked
+outside the transaction, so two claims can never both pass the per-customer limit, and a retry
+finds the marker and returns the code issued the first time.
 
 Redemption is one transaction too: the coupon goes issued -> redeemed under the condition
-`status = issued AND valid_from <= now AND valid_until >= now`, together with the coupons_redeemed
-counters of the redeeming store, the staff member who brought the customer and the corp. The
-POS's request_id is stored on the coupon with the till (store and clerk) that sent it: the same
-request again from that till is answered with success; the same request_id from another till
-is refused (request_id_reused), never answered with the first till's redemption.
+`status = issued AND valid_from <= now AND valid_until >= now`; the stats projector credits the
+redeeming store, the staff member who brought the customer and the corp from that change. The
+POS's request_id is stored on the coupon: the same request again is answered with success.
 
 Codes: 16 characters of Crockford base32 (0-9 and A-Z without I, L, O, U) drawn from 80 bits of
 `secrets`, stored ungrouped. A till may type them in any case, grouped with '-' or spaces, and
@@ -48,7 +41,7 @@ from dataclasses import dataclass
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from scrm.platform.config import BUSINESS_UTC_OFFSET_HOURS, business_day
+from scrm.platform.config import BUSINESS_UTC_OFFSET_HOURS
 from scrm.platform.errors import ScrmError
 from scrm.platform.times import readable
 from scrm.store import keys, once, paging
@@ -405,10 +398,7 @@ def redeem(corp_id: str, code: str, *, store_id: str, staff_userid: str, request
 
 def _redeem_write(corp_id: str, coupon: Coupon, store_id: str, staff_userid: str, request_id: str,
                   now: int) -> None:
-    """issued -> redeemed and the coupons_redeemed counters, in one transaction; updates `coupon`."""
-    day = business_day(now)
-    # Credit the till's store and the staff member who brought the customer.
-    credited = {"store": store_id, "staff": coupon.staff_userid, "corp": corp_id}
+    """issued -> redeemed, conditionally; updates `coupon`."""
     with TransactWrite(connection=once.connection()) as tx:
         tx.update(Coupon(*keys.coupon(corp_id, coupon.code)),
                   actions=[Coupon.status.set("redeemed"), Coupon.redeemed_at.set(now),
@@ -416,8 +406,5 @@ def _redeem_write(corp_id: str, coupon: Coupon, store_id: str, staff_userid: str
                            Coupon.redemption_request.set(request_id)],
                   condition=(Coupon.status == "issued") & (Coupon.valid_from <= now)
                   & (Coupon.valid_until >= now))
-        for scope, scope_id in credited.items():
-            if scope_id:
-                once.bump(corp_id, scope, scope_id, day, "coupons_redeemed")(tx)
     coupon.status, coupon.redeemed_at, coupon.redeemed_store_id = "redeemed", now, store_id
     coupon.redeemed_by, coupon.redemption_request = staff_userid, request_id

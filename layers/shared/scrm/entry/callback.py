@@ -23,7 +23,12 @@ from scrm.wecom.callback.crypto import (
     SignatureError,
     WeComCrypto,
 )
-from scrm.wecom.callback.events import CallbackEvent, EventError, check_create_time, normalize
+from scrm.wecom.callback.events import (
+    CallbackEvent,
+    EventError,
+    check_create_time,
+    normalize,
+)
 from scrm.wecom.callback.wxml import MAX_BODY, XmlError, parse_xml
 
 

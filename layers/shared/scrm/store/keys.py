@@ -297,16 +297,46 @@ def handovers(corp_id: str) -> str:
     return f"{_corp(corp_id)}{SEP}HANDOVERS"
 
 
-# --- daily counters (watching the numbers) ---------------------------------------------
+# --- daily figures (projected from the table's stream by scrm.domain.stats) ------------
 SCOPES = ("staff", "store", "region", "branch", "corp")
 
 
-def daily_counter(corp_id: str, scope: str, scope_id: str, day: str) -> tuple[str, str]:
+def corp_of(pk: str) -> str:
+    """The corp a partition key belongs to (every key but the global index ones starts with it)."""
+    prefix, _, rest = pk.partition(SEP)
+    corp_id = rest.partition(SEP)[0]
+    if prefix != "CORP" or not corp_id:
+        raise ValueError("not a key of a corp's item")
+    return corp_id
+
+
+def _scope(scope: str) -> str:
     if scope not in SCOPES:
         raise ValueError(f"unknown counter scope {scope!r}")
-    return f"{_corp(corp_id)}{SEP}STATS{SEP}{scope}{SEP}{scope_id}", f"DAY{SEP}{day}"
+    return scope
 
 
-def daily_ranking(corp_id: str, scope: str, day: str) -> str:
-    """GSI1PK: every counter of one scope and day (read whole to rank); GSI1SK = scope_id."""
-    return f"{_corp(corp_id)}{SEP}DAY{SEP}{day}{SEP}{scope}"
+def daily_counters(corp_id: str, scope: str, scope_id: str) -> str:
+    """PK of one scope's daily counters; SK = day_sk(day), so a date range is one Query."""
+    return f"{_corp(corp_id)}{SEP}STATS{SEP}{_scope(scope)}{SEP}{scope_id}"
+
+
+def day_sk(day: str) -> str:
+    return f"DAY{SEP}{day}"
+
+
+def daily_counter(corp_id: str, scope: str, scope_id: str, day: str) -> tuple[str, str]:
+    return daily_counters(corp_id, scope, scope_id), day_sk(day)
+
+
+def ranking(corp_id: str, parent_scope: str, parent_id: str, scope: str, day: str, metric: str) -> str:
+    """PK (and GSI1PK) of one ranking: the `scope`s directly under one parent, one day, one metric.
+
+    A few dozen items at most (the staff of a store, the stores of a region); SK = scope_id,
+    GSI1SK = rank_sk(value, scope_id), so the top N is one Query of GSI1, highest first."""
+    return (f"{_corp(corp_id)}{SEP}RANK{SEP}{_scope(parent_scope)}{SEP}{parent_id}{SEP}{_scope(scope)}"
+            f"{SEP}{day}{SEP}{metric}")
+
+
+def rank_sk(value: int, scope_id: str) -> str:
+    return f"{value:012d}{SEP}{scope_id}"  # zero-padded: string order is numeric order

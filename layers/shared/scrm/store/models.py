@@ -275,10 +275,13 @@ class GroupChat(Entity, discriminator="GroupChat"):
 
 
 class DailyCounter(Entity, discriminator="DailyCounter"):
+    """One scope's figures of one business day, written only by the stats projector
+    (scrm.domain.stats), never inside a business transaction."""
+
     scope = UnicodeAttribute()
     scope_id = UnicodeAttribute()
     day = UnicodeAttribute()
-    # One attribute per metric (scrm.store.once.COUNTER_METRICS): DynamoDB's ADD works on them
+    # One attribute per metric (scrm.domain.stats.facts.METRICS): DynamoDB's ADD works on them
     # atomically without a read.
     new_customers = NumberAttribute(default=0)
     lost_customers = NumberAttribute(default=0)
@@ -286,6 +289,21 @@ class DailyCounter(Entity, discriminator="DailyCounter"):
     welcomes_sent = NumberAttribute(default=0)
     coupons_issued = NumberAttribute(default=0)
     coupons_redeemed = NumberAttribute(default=0)
+
+
+class RankEntry(Entity, discriminator="RankEntry"):
+    """A scope's value of one metric on one day, in the ranking of its parent scope.
+
+    Written after the counter it copies, only ever upwards (`value` grows as the counter
+    does), so concurrent or repeated writers converge on the counter's value."""
+
+    scope = UnicodeAttribute()
+    scope_id = UnicodeAttribute()
+    parent_scope = UnicodeAttribute()
+    parent_id = UnicodeAttribute()
+    day = UnicodeAttribute()
+    metric = UnicodeAttribute()
+    value = NumberAttribute()
 
 
 # --- acquisition (issue 3) ---------------------------------------------------------------

@@ -1,26 +1,24 @@
 """Exactly-once effects.
 
-An effect (a counter bump, a coupon, a welcome record) is written in one DynamoDB
-transaction together with a marker item keyed by what caused it. The marker's condition
-(`attribute_not_exists`) fails on every later attempt, which cancels the whole
+An effect (a coupon, a welcome record, a fact added to the daily figures) is written in one
+DynamoDB transaction together with a marker item keyed by what caused it. The marker's
+condition (`attribute_not_exists`) fails on every later attempt, which cancels the whole
 transaction: however often the cause arrives, the effect lands once.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from scrm.platform.config import business_day
 from scrm.store import keys
-from scrm.store.models import DailyCounter, Once
+from scrm.store.models import Once
 
 ONCE_TTL_SECONDS = 400 * 24 * 3600
-COUNTER_METRICS = ("new_customers", "lost_customers", "deleted_customers", "welcomes_sent",
-                   "coupons_issued", "coupons_redeemed")
+_FAILED = "ConditionalCheckFailed"
 
 Write = Callable[[TransactWrite], None]
 
@@ -54,46 +52,33 @@ def run_once(corp_id: str, effect: str, key: str, writes: list[Write], cause: st
                 write(tx)
     except TransactWriteError as err:
         reasons = err.cancellation_reasons or []
-        if reasons and reasons[0] is not None and reasons[0].code == "ConditionalCheckFailed":
+        if reasons and reasons[0] is not None and reasons[0].code == _FAILED:
             return False
         raise
     return True
 
 
-def bump(corp_id: str, scope: str, scope_id: str, day: str, metric: str, by: int = 1) -> Write:
-    """A daily counter increment, to be applied inside run_once."""
-    if metric not in COUNTER_METRICS:
-        raise ValueError(f"unknown counter metric {metric!r}")
-    pk, sk = keys.daily_counter(corp_id, scope, scope_id, day)
+def run_each_once(causes: Sequence[tuple[str, str, str]], updates: Sequence[Write], *, ttl_seconds: int,
+                  now: float | None = None) -> list[int]:
+    """Several causes' markers, each (corp_id, effect, key), and `updates` in one transaction.
 
-    def write(tx: TransactWrite) -> None:
-        tx.update(
-            DailyCounter(pk, sk),
-            actions=[
-                getattr(DailyCounter, metric).add(by),
-                DailyCounter.entity.set(DailyCounter),
-                DailyCounter.scope.set(scope),
-                DailyCounter.scope_id.set(scope_id),
-                DailyCounter.day.set(day),
-                DailyCounter.GSI1PK.set(keys.daily_ranking(corp_id, scope, day)),
-                DailyCounter.GSI1SK.set(scope_id),
-            ],
-        )
-
-    return write
-
-
-def count_once(corp_id: str, cause_key: str, metric: str, scopes: dict[str, str], at: float) -> bool:
-    """Bump `metric` for each (scope -> id) on the business day of `at`, once per cause."""
-    day = business_day(at)
-    writes = [bump(corp_id, scope, scope_id, day, metric) for scope, scope_id in scopes.items() if scope_id]
-    return run_once(corp_id, f"count:{metric}", cause_key, writes, cause=cause_key)
-
-
-def counters(corp_id: str, scope: str, scope_id: str, day: str) -> dict[str, int]:
-    pk, sk = keys.daily_counter(corp_id, scope, scope_id, day)
+    Returns [] once everything is written. If some markers exist already nothing is written
+    and their positions in `causes` are returned: the caller drops those causes and tries
+    again with the rest. `updates` must be updates (PynamoDB sends puts first, so the
+    markers' cancellation reasons come first, in order); any other failure is raised."""
+    now = time.time() if now is None else now
     try:
-        row = DailyCounter.get(pk, sk, consistent_read=True)
-    except DailyCounter.DoesNotExist:
-        return {m: 0 for m in COUNTER_METRICS}
-    return {m: int(getattr(row, m) or 0) for m in COUNTER_METRICS}
+        with TransactWrite(connection=connection()) as tx:
+            for corp_id, effect, key in causes:
+                pk, sk = keys.once(corp_id, effect, key)
+                tx.save(Once(pk, sk, effect=effect, done_at=int(now), expires_at=int(now) + ttl_seconds),
+                        condition=Once.PK.does_not_exist())
+            for update in updates:
+                update(tx)
+    except TransactWriteError as err:
+        reasons = (err.cancellation_reasons or [])[:len(causes)]
+        done = [i for i, reason in enumerate(reasons) if reason is not None and reason.code == _FAILED]
+        if done:
+            return done
+        raise
+    return []

@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from scrm.domain.contact_ways import state as states
 from pynamodb.exceptions import PutError
 
+from scrm.domain.contact_ways import state as states
 from scrm.domain.event_fields import Permanent, text
 from scrm.domain.org import tree as org
 from scrm.domain.tags import corp_tags

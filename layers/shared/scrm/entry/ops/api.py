@@ -26,6 +26,7 @@ from scrm.entry.ops import (
     inputs,
     org,
     present,
+    stats,
     welcome_defaults,
 )
 
@@ -33,7 +34,7 @@ PREFIX = "/ops"
 
 app = APIGatewayHttpResolver(serializer=lambda data: present.dumps(data, app.context.get(auth.CONTEXT_KEY)))
 app.use(middlewares=[auth.require_corp, inputs.checked_request, idempotency.idempotent_posts])
-for area in (org, contact_ways, campaigns, coupons, customers, welcome_defaults):
+for area in (org, contact_ways, campaigns, coupons, customers, welcome_defaults, stats):
     app.include_router(area.router, prefix=PREFIX)
 app.exception_handler(Exception)(errors.to_response)
 
