@@ -85,7 +85,7 @@ def stats_batch(corp: str) -> dict:
                   GSI1SK=f"{keys.FOLLOW_PREFIX}{customer}")
     added = Follow(*keys.follow(corp, customer, staff), **follow)
     fetched = Follow(*keys.follow(corp, customer, staff), **follow, remark="张女士", synced_at=1795600003)
-    claim = dict(external_userid=customer, userid=staff, claimed_at=1795600001, lease_until=1795600011, attempts=1)
+    claim = dict(external_userid=customer, userid=staff, claimed_at=1795600001, lease_until=1795600011, holder="sample")
     sending = Welcome(*keys.welcome(corp, customer, staff, "WELCOMECODE0001"), status="sending", **claim)
     sent = Welcome(*keys.welcome(corp, customer, staff, "WELCOMECODE0001"), status="sent", sent_at=1795600002,
                    coupon_code=code, coupon_reason="issued", **claim)

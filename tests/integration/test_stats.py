@@ -89,7 +89,7 @@ def edit(customer: str, staff: str, at: int) -> bool:
 
 def welcome(customer: str, staff: str, at: int, code: str | None = None) -> None:
     row = Welcome(*keys.welcome(CORP, customer, staff, code or f"WC{customer}"), external_userid=customer,
-                  userid=staff, status="sending", claimed_at=at, lease_until=at + 10, attempts=1)
+                  userid=staff, status="sending", claimed_at=at, lease_until=at + 10, holder="test")
     row.save(condition=Welcome.PK.does_not_exist())
     row.update(actions=[Welcome.status.set("sent"), Welcome.sent_at.set(at + 2)])
 

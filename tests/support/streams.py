@@ -8,7 +8,6 @@ connections pointed at it, and puts everything back afterwards.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 import boto3
 
 from infra.local import template as tpl
-from infra.local.moto_server import LocalMotoServer
+from infra.local.moto_server import MotoProcess
 from infra.local.streams import StreamPoller
 
 TEMPLATE = tpl.load()
@@ -28,12 +27,10 @@ STATS_SOURCE = TEMPLATE.functions["StatsFunction"].stream_sources[0]
 
 @contextmanager
 def moto_server() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = LocalMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    server = MotoProcess(port=0)
+    endpoint = server.start()
     try:
-        yield f"http://{host}:{port}"
+        yield endpoint
     finally:
         server.stop()
 
