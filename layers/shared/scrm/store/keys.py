@@ -44,6 +44,12 @@ def api_block(corp_id: str, api: str) -> tuple[str, str]:
 API_BLOCK_PREFIX = f"APIBLOCK{SEP}"
 
 
+def rate_window(corp_id: str, api: str, window_start: int) -> tuple[str, str]:
+    """Calls of one WeCom API leased in one window (scrm.wecom.apis.governor): a partition per
+    API, so that a busy API's counter never shares a partition with the corp's other rows."""
+    return f"{_corp(corp_id)}{SEP}RATE{SEP}{api}", f"W{SEP}{window_start:010d}"
+
+
 # --- callback events -----------------------------------------------------------------
 def event(corp_id: str, event_id: str) -> tuple[str, str]:
     return f"{_corp(corp_id)}{SEP}EVENT{SEP}{event_id}", "EVENT"

@@ -101,9 +101,25 @@ class AccessToken(Entity, discriminator="AccessToken"):
 
 
 class ApiBlock(Entity, discriminator="ApiBlock"):
+    """What every worker must know about one WeCom API of a corp (scrm.wecom.apis.governor):
+    a 45009 stops it until `blocked_until`; a 45033 slows it to `slow_factor` of its budget
+    until `slow_until`."""
+
     api = UnicodeAttribute()
-    errcode = NumberAttribute()
-    blocked_until = NumberAttribute()
+    errcode = NumberAttribute(null=True)
+    blocked_until = NumberAttribute(default=0)
+    slow_until = NumberAttribute(null=True)
+    slow_factor = NumberAttribute(null=True)
+
+
+class RateWindow(Entity, discriminator="RateWindow"):
+    """Calls of one API leased by all workers in one window of the rate budget; written with
+    a conditional ADD (plain boto3, scrm.wecom.apis.governor), read only through its answers."""
+
+    used = NumberAttribute(default=0)
+    blocked_until = NumberAttribute(null=True)  # a 45009 seen in this window: every lease learns it
+    slow_until = NumberAttribute(null=True)  # a 45033 seen in this window
+    slow_factor = NumberAttribute(null=True)
 
 
 class Event(Entity, discriminator="Event"):
