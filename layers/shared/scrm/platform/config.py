@@ -21,6 +21,7 @@ class Settings:
     wecom_api_base: str
     wecom_timeout: float  # seconds per WeCom HTTP call
     pending_grace: int  # seconds an event may stay unprocessed before the sweeper re-enqueues it
+    jobs_queue_url: str  # chunks of long jobs (scrm.jobs)
     wecom_rate_margin: float  # share of WeCom's per-API quotas the rate governor lets all workers use
 
 
@@ -35,6 +36,7 @@ def settings() -> Settings:
         wecom_api_base=(env.get("WECOM_API_BASE") or DEFAULT_WECOM_API_BASE).rstrip("/"),
         wecom_timeout=float(env.get("WECOM_TIMEOUT", "3")),
         pending_grace=int(env.get("PENDING_GRACE_SECONDS", "60")),
+        jobs_queue_url=env.get("JOBS_QUEUE_URL", ""),
         wecom_rate_margin=float(env.get("WECOM_RATE_MARGIN") or "0.8"),
     )
 

@@ -73,6 +73,26 @@ def pending_shards() -> list[str]:
     return [f"PENDING{SEP}{n}" for n in range(PENDING_SHARDS)]
 
 
+# --- jobs (scrm.jobs) ------------------------------------------------------------------
+ACTIVE_JOBS = "JOBS#ACTIVE"  # GSI2PK of every job not yet finished (the watchdog walks it)
+
+
+def job(corp_id: str, job_id: str) -> tuple[str, str]:
+    return f"{_corp(corp_id)}{SEP}JOB{SEP}{job_id}", "JOB"
+
+
+def job_chunk(corp_id: str, job_id: str, chunk_id: str) -> tuple[str, str]:
+    """A chunk lives in its job's partition: finishing a job reads them with one Query."""
+    return f"{_corp(corp_id)}{SEP}JOB{SEP}{job_id}", f"{CHUNK_PREFIX}{chunk_id}"
+
+
+CHUNK_PREFIX = f"CHUNK{SEP}"
+
+
+def active_job_sk(created_at: int, corp_id: str, job_id: str) -> str:
+    return f"{created_at:010d}{SEP}{corp_id}{SEP}{job_id}"
+
+
 # --- exactly-once effects ------------------------------------------------------------
 def once(corp_id: str, effect: str, key: str) -> tuple[str, str]:
     return f"{_corp(corp_id)}{SEP}ONCE{SEP}{effect}{SEP}{key}", "ONCE"

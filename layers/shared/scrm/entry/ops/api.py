@@ -11,6 +11,7 @@ from scrm.entry.ops import (
     coupons,
     customers,
     errors,
+    jobs,
     org,
 )
 
@@ -18,7 +19,7 @@ PREFIX = "/ops"
 
 app = APIGatewayHttpResolver()
 app.use(middlewares=[auth.require_corp])
-for area in (org, contact_ways, campaigns, coupons, customers):
+for area in (org, contact_ways, campaigns, coupons, customers, jobs):
     app.include_router(area.router, prefix=PREFIX)
 app.exception_handler(Exception)(errors.to_response)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
+from scrm.domain.contact_ways import bulk
 from scrm.domain.contact_ways import ways as contact_ways
 from scrm.domain.contact_ways.state import OWNER_KINDS
 from scrm.domain.contact_ways.ways import MAX_USERS, REMARK_MAX, way_dict
@@ -24,6 +25,7 @@ from scrm.entry.ops.inputs import (
     string,
     strings,
 )
+from scrm.jobs import runner
 from scrm.wecom.apis.client import for_corp
 
 router = APIGatewayHttpRouter()
@@ -76,10 +78,12 @@ def create_contact_way() -> tuple[dict, int]:
 
 
 @router.post("/contact-ways/bulk")
-def bulk_create() -> dict:
+def bulk_create() -> tuple[dict, int]:
+    """A job (GET /ops/jobs/{job_id}); its result is the report of what was created."""
     fields = body(router.current_event.raw_event, BULK)
     corp_id = current_corp(router)
-    return contact_ways.bulk_create(for_corp(corp_id), corp_id, **fields)
+    job = runner.start(corp_id, bulk.KIND, bulk.request(corp_id, **fields))
+    return {"job_id": job.job_id}, 202
 
 
 @router.get("/contact-ways/<config_id>")

@@ -1,0 +1,17 @@
+"""GET /ops/jobs/{job_id}: a long job's progress and, once finished, its result."""
+from __future__ import annotations
+
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+
+from scrm.entry.ops.auth import current_corp
+from scrm.entry.ops.inputs import path
+from scrm.jobs import runner
+
+router = APIGatewayHttpRouter()
+JOB_ID_MAX = 81  # a kind's name (32) and a key (48), joined by "-"
+
+
+@router.get("/jobs/<job_id>")
+def get_job(job_id: str) -> dict:
+    job_id = path(job_id, "job_id", runner.JOB_ID, JOB_ID_MAX)
+    return runner.view(runner.get_job(current_corp(router), job_id))
