@@ -10,6 +10,9 @@ Acquisition (issue 3)
      WeCom simulator measures it: from the WelcomeCode's issue to send_welcome_msg
   5. DynamoDB requests and WeCom calls per new customer (goal ≤ 2 WeCom calls besides a token refresh)
   6. coupon issues per second under 200 concurrent claims, with the oversell count (goal 0)
+Jobs and the rate budget
+  7. DynamoDB writes the rate governor adds per WeCom call, busy and idle
+  8. a bulk job (one code for each of 60 staff) through the local stack: time, WeCom calls
 
 Latencies are wall-clock on a shared 2-core machine: compare runs on the same machine.
 Counts and ratios are the figures to trust.
@@ -143,6 +146,10 @@ def main() -> int:
         if acquisition:
             print("Acquisition (issue 3)")
             acquisition(stack, corp)
+        from bench import jobs
+
+        print("Jobs and the rate budget")
+        jobs.run(stack, corp)
     return 0
 
 

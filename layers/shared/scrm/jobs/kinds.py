@@ -108,9 +108,11 @@ class Context:
         return self.deadline - self.clock()
 
     def client(self) -> WeComClient:
-        """The corp's WeCom client at bulk priority (jobs leave room for interactive calls)."""
+        """The corp's WeCom client at bulk priority (jobs leave room for interactive calls); a
+        call never waits for the rate budget past this step's deadline (RateLimited: the
+        chunk waits for the next window instead, without holding its lease)."""
         if self._client is None:
-            self._client = for_corp(self.corp_id, BULK)
+            self._client = for_corp(self.corp_id, BULK, self.deadline)
         return self._client
 
 

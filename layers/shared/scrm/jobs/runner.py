@@ -129,8 +129,13 @@ def chunks_of(job: Job) -> Iterator[JobChunk]:
 def handle(registry: Registry, event: dict, context: Any, metrics: Metrics | None = None) -> dict:
     """An SQS batch of job steps (partial batch failures), or a scheduled event: the watchdog."""
     if "Records" not in event:
-        return sweep(registry)
+        looked = sweep(registry)
+        if metrics is not None:
+            metrics.add_metric(name="JobStepsResent", unit=MetricUnit.Count, value=looked["messages_sent"])
+        return looked
     lambda_deadline = clock() + context.get_remaining_time_in_millis() / 1000 - SAFETY
+    if metrics is not None:
+        metrics.add_metric(name="JobSteps", unit=MetricUnit.Count, value=len(event["Records"]))
     failures = []
     for record in event["Records"]:
         try:

@@ -80,7 +80,7 @@ class WeComClient:
     def __init__(self, creds: CorpCredentials, base_url: str | None = None, session: requests.Session | None = None,
                  token_store: tokens.TokenStore | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, governor: governors.Governor | None = None,
-                 priority: str = governors.INTERACTIVE):
+                 priority: str = governors.INTERACTIVE, budget_deadline: float | None = None):
         self.creds = creds
         self.base_url = (base_url or settings().wecom_api_base).rstrip("/")
         self._session = session or _SESSION
@@ -92,6 +92,7 @@ class WeComClient:
             governor = governors.default_governor() if clock is time.time else governors.Governor(clock, sleep)
         self.governor = governor
         self.priority = priority
+        self.budget_deadline = budget_deadline  # no call waits for the rate budget past this (a job's chunk)
         self._clock = clock
         self._sleep = sleep
         self._timeout = settings().wecom_timeout
@@ -157,7 +158,8 @@ class WeComClient:
             self._count("retries")
 
     def _send(self, method: str, api: str, params: dict, body: dict | None, deadline: float | None) -> dict:
-        self.governor.acquire(self.creds.corp_id, api, self.priority, deadline)
+        self.governor.acquire(self.creds.corp_id, api, self.priority,
+                              deadline if deadline is not None else self.budget_deadline)
         timeout = self._timeout_for(api, deadline)
         self._count("calls")
         # `from None` below: requests' messages quote the URL, i.e. the token or the secret.
@@ -319,7 +321,7 @@ class WeComClient:
         return self.get("externalcontact/get_moment_task_result", {"jobid": jobid})
 
 
-def for_corp(corp_id: str, priority: str = governors.INTERACTIVE) -> WeComClient:
+def for_corp(corp_id: str, priority: str = governors.INTERACTIVE, budget_deadline: float | None = None) -> WeComClient:
     """A client for a registered corp: credentials cached by scrm.platform.credentials, the token
-    and the rate budget shared. Jobs ask for `governors.BULK`."""
-    return WeComClient(credentials.load(corp_id), priority=priority)
+    and the rate budget shared. Jobs ask for `governors.BULK` and their chunk's deadline."""
+    return WeComClient(credentials.load(corp_id), priority=priority, budget_deadline=budget_deadline)
