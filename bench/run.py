@@ -18,6 +18,9 @@ Burst (bench/burst.py)
   7. 50 new customers within one second, each callback delivered four times: welcomed once,
      with their coupon; the welcome's p50/p99 after the event (goal p99 < 5 s) and the
      callback's own answer p50/p99 meanwhile (goal p99 < 100 ms)
+Jobs and the rate budget
+  8. DynamoDB writes the rate governor adds per WeCom call, busy and idle
+  9. a bulk job (one code for each of 60 staff) through the local stack: time, WeCom calls
 
 Latencies are wall-clock on a shared 2-core machine: compare runs on the same machine.
 Counts and ratios are the figures to trust.
@@ -150,6 +153,10 @@ def main() -> int:
         if acquisition:
             print("Acquisition (issue 3)")
             acquisition(stack, corp)
+        from bench import jobs
+
+        print("Jobs and the rate budget")
+        jobs.run(stack, corp)
     print("Burst (the local stack with each function in processes of its own)")
     with LocalStack(logs=LOGS / "burst", visibility=TEMPLATE_VISIBILITY) as stack:
         from bench import burst

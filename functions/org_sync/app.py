@@ -1,6 +1,8 @@
-"""Scheduled (nightly): full org sync of every registered corp; heals missed address-book events."""
+"""Scheduled nightly: starts each registered corp's full org sync job (heals missed
+address-book events), one per corp and day; the jobs function runs them."""
 from aws_lambda_powertools.metrics import MetricUnit
-from scrm.domain.org.tree import sync_all
+from scrm.domain.org.tree import SYNC_KIND
+from scrm.entry.jobs import start_nightly
 from scrm.platform.observability import log, metrics
 from scrm.platform.tracing import tracer
 
@@ -11,10 +13,7 @@ metric = metrics()
 @tracer.capture_lambda_handler
 @metric.log_metrics
 def handler(event, context):
-    summary = sync_all(time_left=lambda: context.get_remaining_time_in_millis() / 1000)
-    metric.add_metric(name="OrgSyncFailed", unit=MetricUnit.Count, value=len(summary["failed"]))
-    metric.add_metric(name="OrgSyncSkipped", unit=MetricUnit.Count, value=len(summary["skipped"]))
-    metric.add_metric(name="StaffResigned", unit=MetricUnit.Count,
-                      value=sum(report["resigned"] for report in summary["synced"]))
-    log.info("org sync done", extra={"summary": summary})
-    return summary
+    started = start_nightly(SYNC_KIND, event)
+    metric.add_metric(name="OrgSyncJobsStarted", unit=MetricUnit.Count, value=len(started["jobs"]))
+    metric.add_metric(name="OrgSyncJobsNotStarted", unit=MetricUnit.Count, value=len(started["failed"]))
+    return started

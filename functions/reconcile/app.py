@@ -1,27 +1,19 @@
-"""Scheduled nightly: every corp's corp tags pulled in full, then its follow relations
-reconciled with WeCom (scrm.domain.customers.reconcile.nightly). A run that needs more than one invocation
-hands the rest to a fresh asynchronous invocation of this same function."""
-import json
-import time
-
-import boto3
-from scrm.domain.customers.reconcile import nightly
+"""Scheduled nightly: starts each registered corp's reconciliation job (corp tags pulled in
+full, follow relations compared with WeCom's), one per corp and day; the jobs function runs them."""
+from aws_lambda_powertools.metrics import MetricUnit
+from scrm.domain.customers.reconcile import KIND
+from scrm.entry.jobs import start_nightly
 from scrm.platform.observability import log, metrics
 from scrm.platform.tracing import tracer
 
 metric = metrics()
-# Stop starting new WeCom pages this long before Lambda's own timeout.
-SAFETY_SECONDS = 60
 
 
 @log.inject_lambda_context
 @tracer.capture_lambda_handler
 @metric.log_metrics
 def handler(event, context):
-    deadline = time.time() + context.get_remaining_time_in_millis() / 1000 - SAFETY_SECONDS
-
-    def continue_later(payload: dict) -> None:
-        boto3.client("lambda").invoke(FunctionName=context.invoked_function_arn, InvocationType="Event",
-                                      Payload=json.dumps({"continuation": payload}).encode())
-
-    return nightly(event.get("continuation"), deadline=deadline, continue_later=continue_later, metrics=metric)
+    started = start_nightly(KIND, event)
+    metric.add_metric(name="ReconcileJobsStarted", unit=MetricUnit.Count, value=len(started["jobs"]))
+    metric.add_metric(name="ReconcileJobsNotStarted", unit=MetricUnit.Count, value=len(started["failed"]))
+    return started

@@ -5,7 +5,7 @@ a welcome message, one QR code per staff member); customers scan at the till and
 welcomed with a coupon inside WeCom's 20-second window while WeCom re-sends some callbacks
 and fails some API calls; some redeem at the till (two tills try the same code at once);
 one customer deletes their staff member; one callback is lost and the nightly
-reconciliation heals it. It ends with a per-staff table and exits non-zero if any of what
+reconciliation (a job, like the bulk creation of codes) heals it. It ends with a per-staff table and exits non-zero if any of what
 it shows did not hold.
 """
 from __future__ import annotations
@@ -65,6 +65,21 @@ class Demo:
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         return self.ops.request(method, f"{self.stack.gateway_url}/ops{path}", timeout=30, **kwargs)
 
+    def job(self, job_id: str, timeout: float = 60) -> dict:
+        """A job (GET /ops/jobs/{job_id}) once it has finished."""
+        give_up = time.monotonic() + timeout
+        while True:
+            job = self.api("GET", f"/jobs/{job_id}").json()
+            if job.get("finished_at") or time.monotonic() > give_up:
+                return job
+            time.sleep(0.2)
+
+    def bulk(self, body: dict) -> dict:
+        started = self.api("POST", "/contact-ways/bulk", json=body)
+        job = self.job(started.json()["job_id"])
+        say(f"   job {job['job_id']}: {job['state']}, {job['done']} of {job['total']} staff done")
+        return job.get("result") or {}
+
     # -- headquarters sets up the store ---------------------------------------------------
     def org(self) -> None:
         step("1. The org tree comes from WeCom's address book")
@@ -98,10 +113,8 @@ class Demo:
 
     def codes(self) -> None:
         step("3. One QR code per staff member (一人一码), in bulk for the store")
-        report = self.api("POST", "/contact-ways/bulk", json={"store_id": STORE, "campaign_id": self.campaign_id,
-                                                              "channel": "qr"}).json()
-        again = self.api("POST", "/contact-ways/bulk", json={"store_id": STORE, "campaign_id": self.campaign_id,
-                                                             "channel": "qr"}).json()
+        report = self.bulk({"store_id": STORE, "campaign_id": self.campaign_id, "channel": "qr"})
+        again = self.bulk({"store_id": STORE, "campaign_id": self.campaign_id, "channel": "qr"})
         ways = self.api("GET", "/contact-ways", params={"owner_kind": "staff"}).json()["items"]
         self.state_of = {w["users"][0]: w["state"] for w in ways}
         for userid, state in sorted(self.state_of.items()):
@@ -179,10 +192,14 @@ class Demo:
                    "the customer whose callback was lost is unknown to us (for now)")
 
     def night(self) -> None:
-        step("7. Night: org sync and reconciliation against WeCom's pull APIs")
-        self.stack.fire_schedule("OrgSyncFunction")
-        report = self.stack.fire_schedule("ReconcileFunction")
-        say(f"   reconciliation: {_summary(report)}")
+        step("7. Night: org sync and reconciliation against WeCom's pull APIs, each a job")
+        for schedule in ("OrgSyncFunction", "ReconcileFunction"):
+            started = self.stack.fire_schedule(schedule)
+            for job in (self.job(j["job_id"], timeout=120) for j in started["jobs"]):
+                say(f"   job {job['job_id']}: {job['state']}")
+                if job["kind"] == "reconcile":
+                    say(f"   reconciliation: {_summary(job)}")
+                self.check(job["state"] == "done", f"the {job['kind']} job is done")
         view = self.api("GET", f"/customers/{self.lost_customer}")
         self.check(view.status_code == 200, "the lost customer is repaired from batch/get_by_user")
 
@@ -225,16 +242,13 @@ def _count(report: dict, key: str) -> int:
     return len(value) if isinstance(value, list) else int(value)
 
 
-def _summary(nightly: dict) -> str:
-    """What the reconciliation checked and repaired, corp by corp."""
-    parts = []
-    for report in nightly.get("corps", []):
-        if "error" in report:
-            parts.append(f"{report['corp_id']}: failed ({report['error']})")
-            continue
-        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(report.get("by_kind", {}).items())) or "nothing"
-        parts.append(f"{report['checked']} follows checked, repaired: {kinds}")
-    return "; ".join(parts)
+def _summary(job: dict) -> str:
+    """What a corp's reconciliation job checked and repaired."""
+    report = job.get("result") or {}
+    if job.get("state") != "done":
+        return f"{job.get('state')} ({job.get('error')})"
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(report.get("by_kind", {}).items())) or "nothing"
+    return f"{report.get('checked', 0)} follows checked, repaired: {kinds}"
 
 
 def quiet_output(logs: Path) -> None:

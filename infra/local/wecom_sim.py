@@ -29,7 +29,7 @@ import string
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -229,10 +229,16 @@ class WeComSimulator:
         self.outcome_counts: Counter = Counter()  # (api path, "0" | errcode | "http502" | "timeout") -> calls
         self.gettoken_counts: Counter = Counter()  # corp_id -> gettoken calls
         self._blocked: dict[str, int] = {}
+        self._next_errors: dict[str, list[int]] = {}  # api -> errcodes its next calls answer
+        self._quota: tuple[int, float, frozenset[str] | None] | None = None  # (calls, seconds, apis)
+        self._quota_calls: dict[tuple[str, str], deque] = {}  # (corp_id, api) -> times of calls answered
+        self.peak_in_flight: Counter = Counter()  # api -> most calls of it answered at once
+        self._in_flight: Counter = Counter()
         self._fault_rate = 0.0
         self._fault_kinds: list[str] = []
         self._rng = random.Random(seed)
         self.timeout_sleep = 3.0
+        self.latency = 0.0  # seconds every API answer takes (concurrency tests)
 
     # ---- time, setup, faults, inspection -------------------------------------------------
 
@@ -326,6 +332,35 @@ class WeComSimulator:
             else:
                 self._blocked[api] = int(errcode)
 
+    def fail_next(self, path: str, errcode: int, times: int = 1) -> None:
+        """Answer the next `times` calls of `path` with `errcode` (one worker hears 45033...)."""
+        api = path.removeprefix("/").removeprefix("cgi-bin/")
+        with self._lock:
+            self._next_errors.setdefault(api, []).extend([int(errcode)] * int(times))
+
+    def set_quota(self, calls: int | None, seconds: float = 60.0, apis: list | tuple | None = None) -> None:
+        """WeCom's frequency limit, over a sliding window: a corp's call of one API answers 45009
+        once `calls` calls of it were answered in the last `seconds` (None lifts the quota).
+        Only these `apis` when given; gettoken never."""
+        with self._lock:
+            self._quota = None if calls is None else (int(calls), float(seconds), frozenset(apis) if apis else None)
+            self._quota_calls = {}
+
+    def _over_quota(self, corp_id: str, api: str) -> bool:
+        if self._quota is None or api == "gettoken":
+            return False
+        calls, seconds, apis = self._quota
+        if apis is not None and api not in apis:
+            return False
+        now = self.now()
+        recent = self._quota_calls.setdefault((corp_id, api), deque())
+        while recent and recent[0] <= now - seconds:
+            recent.popleft()
+        if len(recent) >= calls:
+            return True
+        recent.append(now)
+        return False
+
     def welcomes(self, corp_id: str | None = None) -> list[dict]:
         with self._lock:
             return [dict(w) for w in self._welcomes if corp_id in (None, w["corp_id"])]
@@ -406,6 +441,24 @@ class WeComSimulator:
         with self._lock:
             self.call_counts[api] += 1
             fault = self._pick_fault(api)
+            if fault is None and self._over_quota(self._caller(query), api):
+                fault = "45009"
+            self._in_flight[api] += 1
+            self.peak_in_flight[api] = max(self.peak_in_flight[api], self._in_flight[api])
+        try:
+            return self._answer(method, api, query, body, fault)
+        finally:
+            with self._lock:
+                self._in_flight[api] -= 1
+
+    def _caller(self, query: dict) -> str:
+        """The corp a call is made for, from its token (quotas are per corp)."""
+        token = self._tokens.get(str(query.get("access_token", "")))
+        return token[0] if token else ""
+
+    def _answer(self, method: str, api: str, query: dict, body: bytes, fault: str | None) -> tuple[int, Any]:
+        if self.latency:
+            time.sleep(self.latency)  # outside the lock: calls overlap as they would at WeCom
         if fault == "http502":
             self._record(api, "http502")
             return 502, "<html><body><h1>502 Bad Gateway</h1></body></html>"
@@ -419,6 +472,8 @@ class WeComSimulator:
         return 200, payload
 
     def _pick_fault(self, api: str) -> str | None:
+        if self._next_errors.get(api):
+            return str(self._next_errors[api].pop(0))
         if api in self._blocked:
             return str(self._blocked[api])
         if api != "gettoken" and self._fault_rate and self._rng.random() < self._fault_rate:
@@ -1296,6 +1351,8 @@ class WeComSimulator:
                 "staff": self.add_staff,
                 "faults": self.set_faults,
                 "block": self.block_api,
+                "fail_next": self.fail_next,
+                "quota": self.set_quota,
                 "clock/advance": self.advance,
                 "reset": self.reset,
                 **{f"actions/{name}": getattr(self, name) for name in ACTIONS},

@@ -141,6 +141,18 @@ def build() -> dict[str, dict]:
         "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event",
         "source": "aws.events", "account": "123456789012", "time": "2026-11-25T08:05:00Z", "region": "us-east-1",
         "resources": ["arn:aws:events:us-east-1:123456789012:rule/SweeperFunctionSweep"], "detail": {}}
+    step = {"corp": corp, "job": "org-sync-2026-11-26", "kind": "org-sync", "step": "plan"}
+    out["jobs/sqs_batch.json"] = {"Records": [{
+        "messageId": "6c1e0b7a-2f4d-4b8e-9a51-3d2c7e9f0a11", "receiptHandle": "AQEBh3Jk9sample0Lq2",
+        "body": json.dumps(step, separators=(",", ":")),
+        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795629600000",
+                       "SenderId": "AIDAIENQZJOLO23YVJ4VO", "ApproximateFirstReceiveTimestamp": "1795629600001"},
+        "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:JobsQueue", "awsRegion": "us-east-1"}]}
+    out["jobs/schedule.json"] = {
+        "version": "0", "id": "2b0f5e7c-8d3a-4f61-b9c2-7e4a1d6f8b30", "detail-type": "Scheduled Event",
+        "source": "aws.events", "account": "123456789012", "time": "2026-11-25T18:05:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/JobsFunctionWatchdog"], "detail": {}}
     return out
 
 

@@ -29,7 +29,8 @@ def configure(args: argparse.Namespace) -> dict:
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         queue_urls = {"EventsQueue": outputs["EventsQueueUrl"], "EventsDLQ": outputs["EventsDLQUrl"],
                       "WelcomeQueue": outputs["WelcomeQueueUrl"], "WelcomeDLQ": outputs["WelcomeDLQUrl"],
-                      "StatsDLQ": outputs["StatsDLQUrl"]}
+                      "StatsDLQ": outputs["StatsDLQUrl"],
+                      "JobsQueue": outputs["JobsQueueUrl"], "JobsDLQ": outputs["JobsDLQUrl"]}
         table_name = outputs["TableName"]
     else:
         if not LOCAL_STATE.exists():
@@ -45,7 +46,9 @@ def configure(args: argparse.Namespace) -> dict:
     os.environ["TABLE_NAME"] = table_name
     os.environ["EVENTS_QUEUE_URL"] = queue_urls["EventsQueue"]
     os.environ["WELCOME_QUEUE_URL"] = queue_urls["WelcomeQueue"]
+    os.environ["JOBS_QUEUE_URL"] = queue_urls["JobsQueue"]
     return {"table_name": table_name, "queue_urls": queue_urls,
             # (dead-letter queue, the queue its messages came from)
             "redrives": [(queue_urls["EventsDLQ"], queue_urls["EventsQueue"]),
-                         (queue_urls["WelcomeDLQ"], queue_urls["WelcomeQueue"])]}
+                         (queue_urls["WelcomeDLQ"], queue_urls["WelcomeQueue"]),
+                         (queue_urls["JobsDLQ"], queue_urls["JobsQueue"])]}

@@ -87,7 +87,8 @@ def test_a_customer_deleting_the_staff_member_and_a_lost_callback_healed_at_nigh
     assert [f["status"] for f in view["follows"]] == ["deleted_by_customer"]
     assert store.api("GET", f"/customers/{lost['external_userid']}").status_code == 404
 
-    store.stack.fire_schedule("ReconcileFunction")
+    store.stack.fire_schedule("ReconcileFunction")  # starts the corp's reconciliation job
+    store.stack.drain(timeout=60)  # which the jobs function runs
     healed = store.api("GET", f"/customers/{lost['external_userid']}").json()
     assert [f["status"] for f in healed["follows"]] == ["active"]
     assert any(entry["what"].startswith("reconciled:") for entry in healed["timeline"])

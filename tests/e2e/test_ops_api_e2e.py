@@ -41,6 +41,7 @@ def store(stack, corp_id) -> str:
     stack.sim.add_staff(corp_id, CLERK, department=[int(STORE)])
     fired = requests.post(f"{stack.gateway_url}/_local/schedules/OrgSyncFunction", timeout=60)
     assert fired.status_code == 200, fired.text
+    stack.drain(timeout=60)  # the org sync jobs it started, run by the jobs function
     return STORE
 
 

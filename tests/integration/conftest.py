@@ -107,6 +107,7 @@ def aws(ddb: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 
     urls = create_queues()
     monkeypatch.setenv("EVENTS_QUEUE_URL", urls["EventsQueue"])
+    monkeypatch.setenv("JOBS_QUEUE_URL", urls["JobsQueue"])
     for name, url in urls.items():
         monkeypatch.setenv(f"{name.upper()}_URL", url)
 

@@ -1,5 +1,6 @@
 """Contact ways through the WeCom simulator: CRUD with config_id kept, state resolution, bulk
-creation per store and branch, per-staff failures, retry safety, and campaigns.
+creation per store and branch as a job (per-staff failures, rate limits, crashes), retry
+safety, and campaigns.
 
 The org is the one of test_org (stores 10 and 11 in region 3, store 12 in region 4, all in
 branch 2), synced before each test.
@@ -10,7 +11,7 @@ import time
 from typing import Iterator
 
 import pytest
-from scrm.domain.contact_ways import ways
+from scrm.domain.contact_ways import bulk, ways
 from scrm.domain.contact_ways.campaigns import (
     create_campaign,
     get_campaign,
@@ -19,7 +20,6 @@ from scrm.domain.contact_ways.campaigns import (
 )
 from scrm.domain.contact_ways.state import decode_state, resolve_state
 from scrm.domain.contact_ways.ways import (
-    bulk_create,
     create_contact_way,
     delete_contact_way,
     get_contact_way,
@@ -27,14 +27,18 @@ from scrm.domain.contact_ways.ways import (
     update_contact_way,
 )
 from scrm.domain.org import tree as org
+from scrm.jobs import runner
+from scrm.platform.config import settings
+from scrm.platform.credentials import CorpCredentials
 from scrm.platform.errors import Conflict, Invalid, NotFound
-from scrm.store import keys
-from scrm.store.models import ApiBlock, CouponTemplate
+from scrm.store import corps, keys
+from scrm.store.models import CouponTemplate
 from scrm.wecom.apis.client import WeComClient, forget_caches
 from scrm.wecom.apis.errors import WeComError
 
 from infra.local.wecom_sim import WeComSimulator
-from tests.integration.test_org import CORP, client_for, seed
+from tests.integration.test_org import CORP, CREDS, client_for, seed
+from tests.support.jobs import Crash, JobsQueue
 
 LONG_USERID = "x" * 64
 
@@ -64,6 +68,14 @@ def wecom_ways(sim: WeComSimulator) -> dict[str, dict]:
 
 def add_calls(sim: WeComSimulator) -> int:
     return sim.stats()["calls"].get("externalcontact/add_contact_way", 0)
+
+
+def add_outcomes(sim: WeComSimulator) -> dict[str, int]:
+    """add_contact_way answers by errcode ("0": made), leaving out a token another test's
+    simulator issued (40014, answered by a refresh)."""
+    outcomes = dict(sim.stats()["outcomes"].get("externalcontact/add_contact_way", {}))
+    outcomes.pop("40014", None)
+    return outcomes
 
 
 # --- create, read, list ---------------------------------------------------------------------
@@ -267,16 +279,34 @@ def test_a_wecom_refusal_frees_the_state_for_a_retry(sim, client):
     assert list(wecom_ways(sim)) == [way.config_id]
 
 
-# --- bulk -----------------------------------------------------------------------------------
-def test_bulk_for_a_store_then_its_branch_creates_each_code_once(sim, client):
+# --- bulk, as a job -------------------------------------------------------------------------
+@pytest.fixture
+def jobs(sim, client, monkeypatch) -> JobsQueue:
+    """The corp registered with its secret and the clients pointed at the simulator, so that
+    the job's own clients (made from the corp's credentials) reach it."""
+    corps.register(CorpCredentials(**{**CREDS.__dict__, "corp_id": CORP}))
+    monkeypatch.setenv("WECOM_API_BASE", f"{sim.base_url}/cgi-bin")
+    settings.cache_clear()
+    yield JobsQueue(monkeypatch)
+    settings.cache_clear()
+
+
+def bulk_create(jobs: JobsQueue, **request) -> dict:
+    job = runner.start(CORP, bulk.KIND, bulk.request(CORP, **request))
+    jobs.run()
+    return runner.view(runner.get_job(CORP, job.job_id))
+
+
+def test_bulk_for_a_store_then_its_branch_creates_each_code_once(sim, jobs):
     campaign = create_campaign(CORP, name="Opening")
 
-    store = bulk_create(client, CORP, store_id="10", campaign_id=campaign.campaign_id)
-    assert store == {"created": 2, "existing": 0, "failed": [], "not_attempted": []}
-    branch = bulk_create(client, CORP, branch_id="2", campaign_id=campaign.campaign_id)
-    assert branch == {"created": 4, "existing": 2, "failed": [], "not_attempted": []}  # 11: 2, 12: 2
-    again = bulk_create(client, CORP, branch_id="2", campaign_id=campaign.campaign_id)
-    assert again == {"created": 0, "existing": 6, "failed": [], "not_attempted": []}
+    store = bulk_create(jobs, store_id="10", campaign_id=campaign.campaign_id)
+    assert (store["state"], store["total"], store["done"], store["failed"]) == ("done", 2, 2, 0)
+    assert store["result"] == {"created": 2, "existing": 0, "failed": [], "not_attempted": []}
+    branch = bulk_create(jobs, branch_id="2", campaign_id=campaign.campaign_id)
+    assert branch["result"] == {"created": 4, "existing": 2, "failed": [], "not_attempted": []}  # 11: 2, 12: 2
+    again = bulk_create(jobs, branch_id="2", campaign_id=campaign.campaign_id)
+    assert again["result"] == {"created": 0, "existing": 6, "failed": [], "not_attempted": []}
 
     assert len(wecom_ways(sim)) == 6
     ways, _ = list_contact_ways(CORP, owner_kind="staff", limit=100)
@@ -284,39 +314,92 @@ def test_bulk_for_a_store_then_its_branch_creates_each_code_once(sim, client):
                                                        LONG_USERID])
     assert all(w.campaign_id == campaign.campaign_id and w.channel == "qr" for w in ways)
     # another channel of the same campaign is another set of codes
-    assert bulk_create(client, CORP, store_id="10", campaign_id=campaign.campaign_id, channel="flyer")["created"] == 2
+    assert bulk_create(jobs, store_id="10", campaign_id=campaign.campaign_id, channel="flyer")["result"][
+        "created"] == 2
 
 
-def test_bulk_goes_on_past_one_staff_members_wecom_error(sim, client):
+def test_a_branch_of_many_stores_is_planned_page_by_page_in_chunks(sim, client, jobs, monkeypatch):
+    monkeypatch.setattr(bulk, "STORES_PER_PAGE", 2)
+    monkeypatch.setattr(bulk, "STAFF_PER_CHUNK", 1)
+    for store in (13, 14, 15):
+        sim.add_department(CORP, store, f"store {store}", parentid=4)
+        sim.add_staff(CORP, f"clerk{store}", department=[store])
+    org.full_sync(client, CORP)
+
+    report = bulk_create(jobs, branch_id="2")
+
+    assert (report["total"], report["result"]["created"]) == (9, 9)  # six stores, nine staff, a chunk each
+    assert len(wecom_ways(sim)) == 9
+
+
+def test_bulk_goes_on_past_one_staff_members_wecom_error(sim, client, jobs):
     sim.add_staff(CORP, "inactive", department=[11], status=4)
     org.full_sync(client, CORP)
 
-    report = bulk_create(client, CORP, store_id="11")
+    report = bulk_create(jobs, store_id="11")
 
-    assert report["failed"] == [{"userid": "inactive", "error": "wecom_41054"}]
-    assert report["created"] == 2
+    assert report["result"]["failed"] == [{"userid": "inactive", "error": "wecom_41054"}]
+    assert report["result"]["created"] == 2
+    assert (report["state"], report["done"], report["failed"]) == ("done", 2, 1)
 
 
-def test_bulk_stops_on_the_rate_limit_and_a_later_run_finishes(sim, client):
+def test_a_rate_limit_pauses_the_job_until_the_block_ends(sim, jobs):
     sim.block_api("externalcontact/add_contact_way", 45009)
-    report = bulk_create(client, CORP, store_id="10")
-    assert report["created"] == 0 and sorted(report["not_attempted"]) == ["lisi", "zhangsan"]
-    assert add_calls(sim) == 1  # the first refusal blocks the API for every worker
+    job = runner.start(CORP, bulk.KIND, bulk.request(CORP, store_id="10"))
+    waiting = lambda: any(c.state == "waiting" for c in runner.chunks_of(runner.get_job(CORP, job.job_id)))  # noqa: E731
+    jobs.run(until=waiting)
+    assert add_outcomes(sim) == {"45009": 1}  # the first refusal blocks the API for every worker
+    [chunk] = runner.chunks_of(runner.get_job(CORP, job.job_id))
+    assert chunk.not_before >= jobs.now + 60  # the minute's window
 
     sim.block_api("externalcontact/add_contact_way", None)
-    for block in ApiBlock.query(keys.corp(CORP)[0], ApiBlock.SK.startswith(keys.API_BLOCK_PREFIX)):
-        block.delete()  # the block lasts a minute: end it as time would
-    forget_caches()
-    assert bulk_create(client, CORP, store_id="10")["created"] == 2
+    jobs.run()
+
+    report = runner.view(runner.get_job(CORP, job.job_id))
+    assert report["result"] == {"created": 2, "existing": 0, "failed": [], "not_attempted": []}
+    assert add_outcomes(sim) == {"45009": 1, "0": 2}  # refused once, then each code made once
+
+
+def test_a_crash_mid_chunk_after_wecom_made_the_way_makes_no_second_one(sim, jobs, monkeypatch):
+    complete = ways._complete
+    crashed = []
+
+    def crash_once(*args, **kwargs):
+        if not crashed:
+            crashed.append(True)
+            raise Crash  # the Lambda dies: WeCom made the way, we hold no config_id yet
+        return complete(*args, **kwargs)
+
+    monkeypatch.setattr(ways, "_complete", crash_once)
+
+    report = bulk_create(jobs, store_id="10")
+
+    assert report["result"] == {"created": 2, "existing": 0, "failed": [], "not_attempted": []}
+    assert add_outcomes(sim) == {"0": 2} and len(wecom_ways(sim)) == 2  # the resumed chunk found its way
+
+
+def test_a_revoked_permission_fails_the_job_and_lists_who_was_not_attempted(sim, jobs, monkeypatch):
+    monkeypatch.setattr(bulk, "STAFF_PER_CHUNK", 1)
+    sim.block_api("externalcontact/add_contact_way", 48002)
+
+    report = bulk_create(jobs, branch_id="2")
+
+    assert (report["state"], report["error"]) == ("failed", "wecom_48002")
+    failed, not_attempted = report["result"]["failed"], report["result"]["not_attempted"]
+    assert [f["error"] for f in failed] == ["wecom_48002"] and len(failed) + len(not_attempted) == 6
+    assert add_outcomes(sim) == {"48002": 1}
 
 
 def test_bulk_needs_exactly_one_of_store_and_branch(client):
     for args in ({}, {"store_id": "10", "branch_id": "2"}):
         with pytest.raises(Invalid):
-            bulk_create(client, CORP, **args)
+            bulk.request(CORP, **args)
     with pytest.raises(Invalid) as err:
-        bulk_create(client, CORP, branch_id="3")  # a region
+        bulk.request(CORP, branch_id="3")  # a region
     assert err.value.field == "branch_id"
+    with pytest.raises(Invalid) as err:
+        bulk.request(CORP, store_id="10", campaign_id="nosuch")
+    assert err.value.field == "campaign_id"
 
 
 # --- campaigns ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The documented operator commands: replay dead letters, register a corp."""
+"""The documented operator commands: replay dead letters, register a corp, sync the org."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,20 @@ def _point_at(aws, monkeypatch):
     urls = aws.queue_urls
     monkeypatch.setattr(target, "configure", lambda args: {
         "table_name": aws.table_name, "queue_urls": urls,
-        "redrives": [(urls["EventsDLQ"], urls["EventsQueue"]), (urls["WelcomeDLQ"], urls["WelcomeQueue"])]})
+        "redrives": [(urls["EventsDLQ"], urls["EventsQueue"]), (urls["WelcomeDLQ"], urls["WelcomeQueue"]),
+                     (urls["JobsDLQ"], urls["JobsQueue"])]})
+
+
+def _printed(out: str) -> str:
+    """What a command printed, without the log lines of the functions it ran in-process."""
+    def logged(line: str) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(record, dict) and ("level" in record or "_aws" in record)
+
+    return "".join(line for line in out.splitlines(keepends=True) if not logged(line))
 
 
 def test_replay_moves_every_dead_letter_back_to_its_own_queue(aws, monkeypatch, capsys):
@@ -88,6 +101,7 @@ def test_org_commands_set_a_rule_and_run_a_full_sync(aws, simulated_wecom, monke
     from scrm.store.corps import register
 
     from infra.scripts import org as org_command
+    from tests.support.jobs import JobsQueue
 
     _point_at(aws, monkeypatch)
     register(CorpCredentials.from_json(VECTOR_A))
@@ -98,9 +112,14 @@ def test_org_commands_set_a_rule_and_run_a_full_sync(aws, simulated_wecom, monke
     rule.write_text(json.dumps({"mode": "depth", "store": 2}))
 
     assert org_command.main(["rule", "--corp", VECTOR_A["corp_id"], "--file", str(rule)]) == 0
-    assert org_command.main(["sync", "--corp", VECTOR_A["corp_id"]]) == 0
-    report = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    with JobsQueue(monkeypatch).running():  # the stack's jobs function
+        assert org_command.main(["sync", "--corp", VECTOR_A["corp_id"]]) == 0
+    _, headline, report = _printed(capsys.readouterr().out).split("\n", 2)
+    assert headline.startswith(f"{VECTOR_A['corp_id']}: org sync job org-sync-") and headline.endswith(" done")
+    report = json.loads(report)
     assert report["stores"] == 1 and report["unassigned_staff"] == []
+    assert org_command.main(["sync", "--no-wait"]) == 0
+    assert _printed(capsys.readouterr().out).endswith(" started\n")
 
     rule.write_text(json.dumps({"mode": "depth", "store": 99}))
     assert org_command.main(["rule", "--corp", VECTOR_A["corp_id"], "--file", str(rule)]) == 2

@@ -30,6 +30,7 @@ from scrm.wecom.apis.client import for_corp
 from infra.local import template as tpl
 from infra.local.gateway import Target, find_route, http_event
 from tests.support.functions import LambdaContext, load_function
+from tests.support.jobs import JobsQueue
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events" / "ops_api"
@@ -150,6 +151,7 @@ def test_the_sample_events_run_as_they_are(sim, ops):
     assert run("no_token.json")[0] == 401
     status, stored = run("put_welcome_defaults.json")
     assert status == 200 and stored["stores"]["10"]["text"] == "徐汇店欢迎您！"
+    assert run("get_job.json") == (404, {"error": "not_found", "field": "job_id", "message": "no such job"})
 
 
 def test_stores_and_staff_are_listed_a_page_at_a_time(sim, call):
@@ -196,11 +198,33 @@ def test_a_contact_way_is_created_read_listed_changed_and_deleted(sim, call):
     assert call("GET", "/ops/contact-ways/nosuchway")[0] == 404
 
 
-def test_bulk_creation_makes_one_code_per_staff_member_once(sim, call):
-    status, report = call("POST", "/ops/contact-ways/bulk", {"store_id": "10", "channel": "poster"})
-    assert status == 200 and (report["created"], report["existing"], report["failed"]) == (2, 0, [])
-    assert call("POST", "/ops/contact-ways/bulk", {"branch_id": "2", "channel": "poster"})[1]["created"] == 2
-    assert call("POST", "/ops/contact-ways/bulk", {"branch_id": "2", "channel": "poster"})[1]["existing"] == 4
+def test_bulk_creation_is_a_job_whose_result_is_the_report(sim, call, monkeypatch):
+    jobs = JobsQueue(monkeypatch)
+
+    def bulk(body: dict) -> dict:
+        status, answer = call("POST", "/ops/contact-ways/bulk", body)
+        assert status == 202 and set(answer) == {"job_id"}, answer
+        status, queued = call("GET", f"/ops/jobs/{answer['job_id']}")
+        assert status == 200 and queued["state"] == "queued" and queued["result"] is None
+        jobs.run()
+        status, job = call("GET", f"/ops/jobs/{answer['job_id']}")
+        assert status == 200 and job["kind"] == "contact-ways-bulk" and job["state"] == "done", job
+        return job
+
+    store = bulk({"store_id": "10", "channel": "poster"})
+    assert (store["total"], store["done"], store["failed"]) == (2, 2, 0)
+    assert store["result"] == {"created": 2, "existing": 0, "failed": [], "not_attempted": []}
+    assert bulk({"branch_id": "2", "channel": "poster"})["result"]["created"] == 2
+    assert bulk({"branch_id": "2", "channel": "poster"})["result"]["existing"] == 4
+
+
+def test_a_job_is_only_seen_by_its_own_corp(sim, call, monkeypatch):
+    JobsQueue(monkeypatch)
+    job_id = call("POST", "/ops/contact-ways/bulk", {"store_id": "10"})[1]["job_id"]
+    assert call("GET", f"/ops/jobs/{job_id}")[0] == 200
+    status, error = call("GET", f"/ops/jobs/{job_id}", corp=B)
+    assert (status, error["error"], error["field"]) == (404, "not_found", "job_id")
+    assert call("GET", "/ops/jobs/org-sync-2026-01-01")[0] == 404
 
 
 def test_campaigns_are_created_read_listed_and_changed(sim, call):
@@ -628,6 +652,7 @@ BAD_PARAMETERS = [
     (f"/ops/contact-ways/{'c' * 65}", "config_id"), ("/ops/campaigns/bad%21id", "campaign_id"),
     (f"/ops/coupon-templates/{'t' * 65}", "template_id"), ("/ops/customers/bad%21id", "external_userid"),
     (f"/ops/coupons/{'c' * 65}", "code"), ("/ops/customers/wmA1?timeline=1", "timeline"),
+    ("/ops/jobs/Not%20A%20Job", "job_id"), (f"/ops/jobs/j{'x' * 81}", "job_id"),
 ]
 
 

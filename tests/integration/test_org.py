@@ -22,6 +22,7 @@ from typing import Iterator
 import pytest
 from scrm.domain.org import events as address_book
 from scrm.domain.org import tree as org
+from scrm.jobs import runner
 from scrm.platform.credentials import CorpCredentials
 from scrm.platform.errors import Invalid, NotFound, ScrmError
 from scrm.store import corps, keys
@@ -309,52 +310,53 @@ def test_delete_user_records_the_customers_left_behind(client):
     assert staff("zhaoliu").status == "resigned"
 
 
-# --- every corp, nightly --------------------------------------------------------------------
-def test_sync_all_syncs_every_corp_and_survives_one_failing(sim):
-    seed(sim, "wworgtest0002")
-    register("wwbrokencorp")
-
-    def make_client(corp_id: str) -> WeComClient:
-        if corp_id == "wwbrokencorp":
-            raise LookupError("no credentials")
-        return client_for(sim, corp_id)
-
-    summary = org.sync_all(make_client)
-
-    assert summary["corps"] == 3
-    assert summary["failed"] == [{"corp_id": "wwbrokencorp", "error": "LookupError"}]
-    assert sorted(s["corp_id"] for s in summary["synced"]) == [CORP, "wworgtest0002"]
-    assert all(s["stores"] == 3 and s["unassigned_staff"] == 2 for s in summary["synced"])
-    assert org.store_of("wworgtest0002", "zhangsan")["store_id"] == "10"
+# --- every corp, nightly: a job each ------------------------------------------------------------
+@pytest.fixture
+def registered(simulated_wecom):
+    """Two corps with their secrets, in the simulator the jobs' own clients reach."""
+    for corp_id in (CORP, "wworgtest0002"):
+        seed(simulated_wecom, corp_id)
+        corps.register(CorpCredentials(**{**CREDS.__dict__, "corp_id": corp_id}))
+    return simulated_wecom
 
 
-def test_sync_all_starts_no_corp_without_time_left_and_rotates_daily(sim):
-    seed(sim, "wworgtest0002")
-    day = 86400 * 20_000
-
-    skipped = org.sync_all(lambda corp_id: client_for(sim, corp_id), now=day, time_left=lambda: 60)
-    assert (skipped["synced"], skipped["skipped"]) == ([], [CORP, "wworgtest0002"])
-    assert org.sync_all(lambda corp_id: client_for(sim, corp_id), now=day + 86400,
-                        time_left=lambda: 60)["skipped"] == ["wworgtest0002", CORP]
-
-
-def test_the_scheduled_function_syncs_with_its_sample_event(simulated_wecom):
+def test_the_schedule_starts_a_sync_job_per_corp_and_each_runs_alone(registered, monkeypatch):
     from tests.support.functions import LambdaContext, load_function
+    from tests.support.jobs import JobsQueue
 
-    seed(simulated_wecom)
-    corps.register(CREDS)
+    jobs = JobsQueue(monkeypatch)
+    register("wwbrokencorp")  # a Corp row without a secret: its job fails, the others do not
     event = json.loads((Path(__file__).resolve().parents[2] / "events/org_sync/schedule.json").read_text())
 
-    class NightContext(LambdaContext):
-        def get_remaining_time_in_millis(self) -> int:
-            return 900_000
+    started = load_function("org_sync").handler(event, LambdaContext())
+    again = load_function("org_sync").handler(event, LambdaContext())  # the schedule firing twice
+    jobs.run()
 
-    summary = load_function("org_sync").handler(event, NightContext())
+    assert started["failed"] == [] and again["jobs"][0]["job_id"] == started["jobs"][0]["job_id"]
+    assert {j["job_id"] for j in again["jobs"]} == {j["job_id"] for j in started["jobs"]}
+    views = {j["corp_id"]: runner.view(runner.get_job(j["corp_id"], j["job_id"])) for j in started["jobs"]}
+    assert sorted(views) == ["wwbrokencorp", CORP, "wworgtest0002"]
+    for corp_id in (CORP, "wworgtest0002"):
+        view = views[corp_id]
+        assert (view["state"], view["total"], view["done"]) == ("done", 1, 1)
+        assert (view["result"]["stores"], view["result"]["staff"], view["result"]["unassigned_staff_count"]) == (
+            3, 7, 2)
+        assert sorted(view["result"]["unassigned_staff"]) == ["boss", "hq_admin"]
+    assert (views["wwbrokencorp"]["state"], views["wwbrokencorp"]["error"]) == ("failed", "unknown_corp")
+    assert org.store_of("wworgtest0002", "zhangsan")["store_id"] == "10"
+    # the second firing found each job queued and sent its plan again: planned once all the same
+    assert all(runner.get_job(j["corp_id"], j["job_id"]).chunks == 1 for j in started["jobs"])
 
-    assert summary["failed"] == [] and summary["skipped"] == []
-    [report] = summary["synced"]
-    assert (report["corp_id"], report["stores"], report["staff"], report["unassigned_staff"]) == (CORP, 3, 7, 2)
-    assert org.store_of(CORP, "zhangsan")["store_id"] == "10"
+
+def test_a_wecom_answer_without_departments_fails_the_sync_job(registered, monkeypatch):
+    from tests.support.jobs import JobsQueue
+
+    jobs = JobsQueue(monkeypatch)
+    registered.block_api("department/list", 60011)
+    job = runner.start(CORP, org.SYNC_KIND)
+    jobs.run()
+    view = runner.view(runner.get_job(CORP, job.job_id))
+    assert (view["state"], view["failed"], view["result"]["error"]) == ("failed", 1, "wecom_60011")
 
 
 def test_a_deleted_department_leaves_the_store_list_at_once(client):

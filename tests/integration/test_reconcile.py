@@ -1,20 +1,26 @@
 """Nightly reconciliation: lost callbacks (the simulator's deliver=False) are found through
 batch/get_by_user, repaired, written to the timeline and reported; a second run finds
-nothing; rate limits, per-staff failures and deadlines end a run early but tidily.
+nothing; rate limits, per-staff failures and deadlines end a run early but tidily. At night
+it runs as a job per corp: staff groups as chunks, continued where they stopped.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from scrm.domain.customers import reconcile as reconciliation
+from scrm.jobs import runner
 from scrm.store import keys
 from scrm.store.models import Customer, Follow, TimelineEntry
+from scrm.wecom.apis.client import WeComClient
 from scrm.wecom.apis.errors import RateLimited, WeComError
 
 from tests.integration.test_customers import CORP, WeCom, channel_tag, process, wecom  # noqa: F401
 from tests.support.functions import LambdaContext, load_function
+from tests.support.jobs import JobsQueue
 
 
 def follow(ext: str, userid: str) -> Follow:
@@ -186,16 +192,24 @@ def test_one_staff_members_failure_does_not_stop_the_others(wecom, monkeypatch):
     assert follow(kept, "zhangsan").status == "active"  # not listed because its call failed: not deleted
 
 
-def test_a_corp_wide_refusal_stops_after_max_errors(wecom, monkeypatch):
+def test_many_staff_failing_alike_stop_the_run_after_max_errors(wecom, monkeypatch):
     monkeypatch.setattr(reconciliation, "MAX_ERRORS", 2)
     for n in range(4):
         wecom.sim.add_staff(CORP, f"s{n}")
-    wecom.sim.block_api("externalcontact/batch/get_by_user", 48002)  # the app lost 客户联系 rights
+    wecom.sim.block_api("externalcontact/batch/get_by_user", 60011)  # outside the app's visible range
 
     report = reconcile(wecom)
 
     assert (report["stopped"], len(report["errors"])) == ("errors", 2)
-    assert {e["errcode"] for e in report["errors"]} == {48002}
+    assert {e["errcode"] for e in report["errors"]} == {60011}
+
+
+def test_a_corp_wide_refusal_is_raised_at_once(wecom):
+    wecom.sim.block_api("externalcontact/batch/get_by_user", 48002)  # the app lost 客户联系 rights
+    with pytest.raises(WeComError) as raised:
+        reconcile(wecom)
+    assert raised.value.errcode == 48002
+    assert wecom.sim.stats()["outcomes"]["externalcontact/batch/get_by_user"] == {"48002": 1}
 
 
 def test_a_deadline_stops_at_a_group_boundary_and_the_next_call_resumes(wecom, monkeypatch):
@@ -212,36 +226,119 @@ def test_a_deadline_stops_at_a_group_boundary_and_the_next_call_resumes(wecom, m
         follow(lost["lisi"], "lisi")
 
 
-def test_nightly_walks_every_registered_corp_and_hands_over_when_out_of_time(wecom):
-    lost, _ = wecom.add("zhangsan", deliver=False)
-    handed: list[dict] = []
-
-    out_of_time = reconciliation.nightly(None, deadline=time.time() - 1, continue_later=handed.append)
-    assert handed == [{"corps": [CORP], "resume_from": None, "hop": 1}]
-    assert out_of_time["corps"] == [{"continued": 1, "resume_from": None}]
-
-    report = reconciliation.nightly(handed[0], deadline=time.time() + 60, continue_later=handed.append)
-    [corp] = report["corps"]
-    assert (report["hop"], corp["corp_id"], corp["created"], corp["tags"]["groups"]) == (1, CORP, 1, 0)
-    assert follow(lost, "zhangsan").status == "active"
+# --- the nightly job ---------------------------------------------------------------------------
+@pytest.fixture
+def jobs(wecom, monkeypatch) -> JobsQueue:
+    """Jobs on a clock a minute past the simulator's (the night comes after the day's events)."""
+    queue = JobsQueue(monkeypatch)
+    queue.advance(max(0.0, wecom.sim.now() + 60 - queue.now))
+    return queue
 
 
-def test_the_scheduled_function_runs_with_its_sample_event(wecom):
-    import json
-    from pathlib import Path
+def nightly(jobs: JobsQueue, event: dict | None = None) -> dict:
+    started = load_function("reconcile").handler(event or SCHEDULE, LambdaContext())
+    jobs.run()
+    [job] = started["jobs"]
+    return runner.view(runner.get_job(CORP, job["job_id"]))
 
-    lost, _ = wecom.add("zhangsan", deliver=False)
-    event = json.loads((Path(__file__).resolve().parents[2] / "events/reconcile/schedule.json").read_text())
 
-    class NightContext(LambdaContext):
-        def get_remaining_time_in_millis(self) -> int:
-            return 900_000
+SCHEDULE = json.loads((Path(__file__).resolve().parents[2] / "events/reconcile/schedule.json").read_text())
 
-    result = load_function("reconcile").handler(event, NightContext())
 
-    [corp] = result["corps"]
-    assert (corp["corp_id"], corp["created"], corp["partial"]) == (CORP, 1, False)
-    assert follow(lost, "zhangsan").status == "active"
+def test_the_schedule_starts_a_job_per_corp_whose_chunks_are_staff_groups(wecom, jobs, monkeypatch):
+    monkeypatch.setattr(reconciliation, "STAFF_PER_CHUNK", 2)
+    for n in range(5):
+        wecom.sim.add_staff(CORP, f"s{n}")
+    lost = [wecom.add(f"s{n}", deliver=False)[0] for n in range(5)]
+    jobs.advance(max(0.0, wecom.sim.now() + 60 - jobs.now))
+
+    job = nightly(jobs)
+
+    assert job["job_id"] == "reconcile-2026-11-26"  # the schedule's day, China time
+    assert (job["state"], job["total"], job["done"], job["failed"]) == ("done", 7, 7, 0)  # 7 staff
+    result = job["result"]
+    assert (result["corp_id"], result["staff"], result["checked"], result["created"]) == (CORP, 7, 5, 5)
+    assert result["by_kind"] == {"customer_created": 5, "follow_added": 5} and not result["partial"]
+    assert result["tags"]["groups"] == 0
+    assert all(follow(ext, f"s{n}").status == "active" for n, ext in enumerate(lost))
+    chunks = list(runner.chunks_of(runner.get_job(CORP, job["job_id"])))
+    assert [c.payload.get("staff") for c in chunks] == [None, ["lisi", "s0"], ["s1", "s2"], ["s3", "s4"],
+                                                        ["zhangsan"]]
+
+
+def test_the_schedule_firing_twice_starts_one_job(wecom, jobs):
+    first = load_function("reconcile").handler(SCHEDULE, LambdaContext())
+    again = load_function("reconcile").handler(SCHEDULE, LambdaContext())
+    assert first["jobs"][0]["job_id"] == again["jobs"][0]["job_id"]
+    jobs.run()
+    plans = [m for m in jobs.sent if m["step"] == "plan"]
+    assert len(plans) == 2 and runner.get_job(CORP, first["jobs"][0]["job_id"]).chunks == 2  # planned once
+    late = load_function("reconcile").handler(SCHEDULE, LambdaContext())
+    assert late["jobs"][0]["state"] == "done" and jobs.pending == 0  # nothing started again
+
+
+def test_a_chunk_out_of_time_goes_on_from_the_staff_group_it_stopped_at(wecom, jobs, monkeypatch):
+    monkeypatch.setattr(reconciliation, "STAFF_PER_CALL", 1)
+    lost = {userid: wecom.add(userid, deliver=False)[0] for userid in ("lisi", "zhangsan")}
+    jobs.advance(max(0.0, wecom.sim.now() + 60 - jobs.now))
+    group = reconciliation._reconcile_group
+    calls: list[list[str]] = []
+
+    def out_of_time_at_the_second_group(client, corp_id, staff, *args):
+        calls.append(staff)
+        if len(calls) == 2:
+            raise reconciliation._OutOfTime
+        return group(client, corp_id, staff, *args)
+
+    monkeypatch.setattr(reconciliation, "_reconcile_group", out_of_time_at_the_second_group)
+
+    job = nightly(jobs)
+
+    assert calls == [["lisi"], ["zhangsan"], ["zhangsan"]]  # lisi's group is not read again
+    assert (job["state"], job["result"]["created"], job["result"]["checked"]) == ("done", 2, 2)
+    assert all(follow(ext, userid).status == "active" for userid, ext in lost.items())
+
+
+def test_a_rate_limit_mid_chunk_waits_for_the_block_and_counts_each_repair_once(wecom, jobs, monkeypatch):
+    monkeypatch.setattr(reconciliation, "PAGE_LIMIT", 2)
+    monkeypatch.setattr(reconciliation, "STAFF_PER_CALL", 1)
+    for _ in range(3):
+        wecom.add("zhangsan", deliver=False)
+    wecom.add("lisi", deliver=False)
+    jobs.advance(max(0.0, wecom.sim.now() + 60 - jobs.now))
+    original = WeComClient.batch_get_by_user
+    blocked = []
+
+    def zhangsan_blocked_once(self, userids, cursor="", limit=100):
+        if userids == ["zhangsan"] and not blocked:
+            blocked.append(True)
+            wecom.sim.block_api("externalcontact/batch/get_by_user", 45009)
+        try:
+            return original(self, userids, cursor, limit)
+        finally:
+            wecom.sim.block_api("externalcontact/batch/get_by_user", None)
+
+    monkeypatch.setattr(WeComClient, "batch_get_by_user", zhangsan_blocked_once)
+    night = jobs.now
+
+    job = nightly(jobs)
+
+    assert (job["state"], job["result"]["created"], job["result"]["partial"]) == ("done", 4, False)
+    assert job["result"]["by_kind"] == {"customer_created": 4, "follow_added": 4}
+    assert jobs.now - night >= 60  # it waited out the minute's block
+
+
+def test_a_corp_wide_refusal_fails_the_job_after_one_call(wecom, jobs, monkeypatch):
+    monkeypatch.setattr(reconciliation, "STAFF_PER_CHUNK", 1)
+    for n in range(4):
+        wecom.sim.add_staff(CORP, f"s{n}")
+    wecom.sim.block_api("externalcontact/batch/get_by_user", 48002)  # the app lost 客户联系 rights
+
+    job = nightly(jobs)
+
+    assert (job["state"], job["error"]) == ("failed", "wecom_48002")
+    assert wecom.sim.stats()["outcomes"]["externalcontact/batch/get_by_user"] == {"48002": 1}
+    assert job["result"]["partial"] and len(job["result"]["errors"]) == 6
 
 
 def test_rate_limited_before_the_staff_list_reports_partial(wecom):

@@ -31,16 +31,11 @@ def test_the_sweeper_runs_on_its_schedule_event(sample_corp):
         "reenqueued": 0, "shards_left": 0}
 
 
-def test_the_org_sync_runs_on_its_schedule_event(sample_corp):
-    summary = load_function("org_sync").handler(sample("org_sync/schedule.json"), LambdaContext())
-    assert summary["corps"] == 1 and summary["failed"] == []
-
-
-def test_the_reconciliation_runs_on_its_schedule_event(sample_corp):
-    context = LambdaContext(remaining_millis=900_000)
-    report = load_function("reconcile").handler(sample("reconcile/schedule.json"), context)
-    assert [r["corp_id"] for r in report["corps"]] == [VECTOR_A["corp_id"]]
-    assert "error" not in report["corps"][0]
+@pytest.mark.parametrize(("function", "kind"), [("org_sync", "org-sync"), ("reconcile", "reconcile")])
+def test_the_nightly_functions_start_a_job_per_corp_on_their_schedule_event(sample_corp, function, kind):
+    started = load_function(function).handler(sample(f"{function}/schedule.json"), LambdaContext())
+    assert started["failed"] == []
+    assert started["jobs"] == [{"corp_id": VECTOR_A["corp_id"], "job_id": f"{kind}-2026-11-26", "state": "queued"}]
 
 
 def test_the_stats_projector_counts_its_sample_batch_once(sample_corp):
@@ -50,3 +45,15 @@ def test_the_stats_projector_counts_its_sample_batch_once(sample_corp):
     [day] = figures.daily(VECTOR_A["corp_id"], "staff", "zhangsan", dt.date(2026, 11, 25), dt.date(2026, 11, 25))
     assert day == {"day": "2026-11-25", "new_customers": 1, "lost_customers": 0, "deleted_customers": 0,
                    "welcomes_sent": 1, "coupons_issued": 1, "coupons_redeemed": 1}
+
+
+def test_the_jobs_function_runs_its_sample_step_and_its_watchdog_schedule(sample_corp):
+    from scrm.domain.org.tree import SYNC_KIND
+    from scrm.jobs import runner
+
+    job = runner.start(VECTOR_A["corp_id"], SYNC_KIND, key="2026-11-26")  # the job the sample's step is of
+    jobs = load_function("jobs")
+    assert jobs.handler(sample("jobs/sqs_batch.json"), LambdaContext(remaining_millis=900_000)) == {
+        "batchItemFailures": []}
+    assert runner.get_job(VECTOR_A["corp_id"], job.job_id).chunks == 1  # planned
+    assert jobs.handler(sample("jobs/schedule.json"), LambdaContext()) == {"jobs_looked_at": 0, "messages_sent": 0}

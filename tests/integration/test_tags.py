@@ -8,7 +8,7 @@ from __future__ import annotations
 from scrm.domain.tags import corp_tags as tags
 from scrm.domain.tags import events as external_tag
 from scrm.store import keys
-from scrm.store.models import ApiBlock, Follow, Tag, TagGroup
+from scrm.store.models import ApiBlock, Follow, RateWindow, Tag, TagGroup
 from scrm.wecom.apis.client import forget_caches
 from scrm.wecom.callback.events import CallbackEvent
 
@@ -146,8 +146,8 @@ def test_a_rate_limited_pull_leaves_needs_sync_for_the_nightly_full_sync(wecom):
     assert tag_row(ids["VIP"]).needs_sync
 
     wecom.sim.block_api("externalcontact/get_corp_tag_list", None)
-    for block in ApiBlock.scan():
-        block.delete()  # the block's minute has passed
+    for block in [*ApiBlock.scan(), *RateWindow.scan()]:
+        block.delete()  # the block's minute has passed (its row and its window's mark)
     forget_caches()
     tags.sync_corp_tags(wecom.client, CORP)
     row = tag_row(ids["VIP"])

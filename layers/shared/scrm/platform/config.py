@@ -22,6 +22,8 @@ class Settings:
     wecom_timeout: float  # seconds per WeCom HTTP call
     pending_grace: int  # seconds an event may stay unqueued before the sweeper enqueues it
     max_receive_count: int  # the queues' maxReceiveCount: the receive after which a failure is final
+    jobs_queue_url: str  # chunks of long jobs (scrm.jobs)
+    wecom_rate_margin: float  # share of WeCom's per-API quotas the rate governor lets all workers use
 
 
 @lru_cache(maxsize=1)
@@ -36,6 +38,8 @@ def settings() -> Settings:
         wecom_timeout=float(env.get("WECOM_TIMEOUT", "3")),
         pending_grace=int(env.get("PENDING_GRACE_SECONDS", "60")),
         max_receive_count=int(env.get("MAX_RECEIVE_COUNT", "5")),
+        jobs_queue_url=env.get("JOBS_QUEUE_URL", ""),
+        wecom_rate_margin=float(env.get("WECOM_RATE_MARGIN") or "0.8"),
     )
 
 

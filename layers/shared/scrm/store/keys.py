@@ -44,6 +44,12 @@ def api_block(corp_id: str, api: str) -> tuple[str, str]:
 API_BLOCK_PREFIX = f"APIBLOCK{SEP}"
 
 
+def rate_window(corp_id: str, api: str, window_start: int) -> tuple[str, str]:
+    """Calls of one WeCom API leased in one window (scrm.wecom.apis.governor): a partition per
+    API, so that a busy API's counter never shares a partition with the corp's other rows."""
+    return f"{_corp(corp_id)}{SEP}RATE{SEP}{api}", f"W{SEP}{window_start:010d}"
+
+
 # --- ops API: Idempotency-Key records (written by Powertools' idempotency utility) ---------
 def idempotency(corp_id: str) -> str:
     """PK of a corp's idempotency records; SK = IDEMPOTENCY_PREFIX#<md5 of route and key>."""
@@ -70,6 +76,26 @@ def pending_sk(received_at: float) -> str:
 
 def pending_shards() -> list[str]:
     return [f"PENDING{SEP}{n}" for n in range(PENDING_SHARDS)]
+
+
+# --- jobs (scrm.jobs) ------------------------------------------------------------------
+ACTIVE_JOBS = "JOBS#ACTIVE"  # GSI2PK of every job not yet finished (the watchdog walks it)
+
+
+def job(corp_id: str, job_id: str) -> tuple[str, str]:
+    return f"{_corp(corp_id)}{SEP}JOB{SEP}{job_id}", "JOB"
+
+
+def job_chunk(corp_id: str, job_id: str, chunk_id: str) -> tuple[str, str]:
+    """A chunk lives in its job's partition: finishing a job reads them with one Query."""
+    return f"{_corp(corp_id)}{SEP}JOB{SEP}{job_id}", f"{CHUNK_PREFIX}{chunk_id}"
+
+
+CHUNK_PREFIX = f"CHUNK{SEP}"
+
+
+def active_job_sk(created_at: int, corp_id: str, job_id: str) -> str:
+    return f"{created_at:010d}{SEP}{corp_id}{SEP}{job_id}"
 
 
 # --- exactly-once effects ------------------------------------------------------------

@@ -119,9 +119,73 @@ class AccessToken(Entity, discriminator="AccessToken"):
 
 
 class ApiBlock(Entity, discriminator="ApiBlock"):
+    """What every worker must know about one WeCom API of a corp (scrm.wecom.apis.governor):
+    a 45009 stops it until `blocked_until`; a 45033 slows it to `slow_factor` of its budget
+    until `slow_until`."""
+
     api = UnicodeAttribute()
-    errcode = NumberAttribute()
-    blocked_until = NumberAttribute()
+    errcode = NumberAttribute(null=True)
+    blocked_until = NumberAttribute(default=0)
+    slow_until = NumberAttribute(null=True)
+    slow_factor = NumberAttribute(null=True)
+
+
+class RateWindow(Entity, discriminator="RateWindow"):
+    """Calls of one API leased by all workers in one window of the rate budget; written with
+    a conditional ADD (plain boto3, scrm.wecom.apis.governor), read only through its answers."""
+
+    used = NumberAttribute(default=0)
+    blocked_until = NumberAttribute(null=True)  # a 45009 seen in this window: every lease learns it
+    slow_until = NumberAttribute(null=True)  # a 45033 seen in this window
+    slow_factor = NumberAttribute(null=True)
+
+
+class Job(Entity, discriminator="Job"):
+    """A long job (scrm.jobs): its progress in items, its chunks' bookkeeping, its result."""
+
+    job_id = UnicodeAttribute()
+    corp_id = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    params = JSONAttribute(null=True)
+    state = UnicodeAttribute()  # queued | running | done | failed
+    total = NumberAttribute(default=0)  # items planned (chunk sizes summed)
+    done = NumberAttribute(default=0)  # items done
+    failed = NumberAttribute(default=0)  # items failed
+    chunks = NumberAttribute(default=0)  # chunks planned or spawned
+    settled = NumberAttribute(default=0)  # chunks done, failed or skipped
+    next_seq = NumberAttribute(default=0)  # sequence number of the next planned chunk
+    planned = BooleanAttribute(default=False)  # the plan has no more pages
+    plan_cursor = JSONAttribute(null=True)
+    plan_owner = UnicodeAttribute(null=True)
+    plan_lease_until = NumberAttribute(default=0)
+    plan_retries = NumberAttribute(default=0)
+    window = NumberAttribute()  # chunks dispatched ahead of those settled
+    result = JSONAttribute(null=True)
+    error = UnicodeAttribute(null=True)
+    created_at = NumberAttribute()
+    updated_at = NumberAttribute()  # last progress: the watchdog looks at jobs quiet for a while
+    finished_at = NumberAttribute(null=True)
+
+
+class JobChunk(Entity, discriminator="JobChunk"):
+    """One chunk of a job, claimed with a lease before it runs."""
+
+    job_id = UnicodeAttribute()
+    chunk_id = UnicodeAttribute()  # 6-digit sequence number, ".n" appended for spawned chunks
+    payload = JSONAttribute()
+    size = NumberAttribute(default=1)  # items it covers
+    state = UnicodeAttribute()  # pending | running | waiting | done | failed | skipped
+    owner = UnicodeAttribute(null=True)
+    lease_until = NumberAttribute(default=0)
+    not_before = NumberAttribute(null=True)  # a waiting chunk runs again from then
+    attempts = NumberAttribute(default=0)  # claims
+    crashes = NumberAttribute(default=0)  # runs that died holding the lease
+    retries = NumberAttribute(default=0)  # transient WeCom failures waited out
+    done = NumberAttribute(null=True)
+    failed = NumberAttribute(null=True)
+    result = JSONAttribute(null=True)
+    error = UnicodeAttribute(null=True)
+    updated_at = NumberAttribute()
 
 
 class Event(Entity, discriminator="Event"):
@@ -324,6 +388,7 @@ class ContactWay(Entity, discriminator="ContactWay"):
     welcome = JSONAttribute(null=True)  # overrides the campaign's welcome
     created_at = NumberAttribute()
     deleted = BooleanAttribute(default=False)
+    made_by = UnicodeAttribute(null=True)  # the job that created it (bulk creation), if one did
     # Only on the claim row (keys.contact_way_claim) that reserves the state before WeCom is called
     fingerprint = UnicodeAttribute(null=True)  # digest of the create request
     claim_status = UnicodeAttribute(null=True)  # pending | created | deleted

@@ -1,5 +1,6 @@
-"""渠道活码: contact ways (QR codes) per staff member, per store and per campaign, and bulk
-creation for a store or branch. The `state` each way carries is scrm.domain.contact_ways.state.
+"""渠道活码: contact ways (QR codes) per staff member, per store and per campaign (bulk creation
+for a store or branch is the job in scrm.domain.contact_ways.bulk). The `state` each way
+carries is scrm.domain.contact_ways.state.
 
 Retry safety of creation: WeCom has no idempotency key, and a lost config_id is a code we
 can no longer edit or delete. So the state is reserved before WeCom is called, in a claim
@@ -41,12 +42,12 @@ from scrm.domain.contact_ways.state import (
 )
 from scrm.domain.org import tree as org
 from scrm.domain.welcome.spec import validate_welcome
-from scrm.platform.errors import Conflict, Invalid, NotFound, ScrmError
+from scrm.platform.errors import Conflict, Invalid, NotFound
 from scrm.store import keys, paging
 from scrm.store.models import ContactWay, Staff, condition_failed
 from scrm.store.once import connection
 from scrm.wecom.apis.client import WeComClient
-from scrm.wecom.apis.errors import RateLimited, TransientError, WeComError
+from scrm.wecom.apis.errors import TransientError, WeComError
 
 _CHANNEL = re.compile(r"[A-Za-z0-9_-]{1,16}")
 MAX_USERS = 100  # WeCom counts at most 100 members per way (41041)
@@ -56,7 +57,11 @@ CLOCK_SKEW = 300  # margin around the claim's window when looking for an orphan 
 MAX_TOKEN_TRIES = 8
 
 
-def _channel(channel: Any) -> str:
+class BeingCreated(Conflict):
+    """Another attempt holds the claim of this state (its lease has not run out)."""
+
+
+def check_channel(channel: Any) -> str:
     if not isinstance(channel, str) or not _CHANNEL.fullmatch(channel):
         raise Invalid("must be 1-16 characters of [A-Za-z0-9_-]", "channel")
     return channel
@@ -76,7 +81,7 @@ def _tag_ids(tag_ids: Any) -> list[str] | None:
     return list(dict.fromkeys(tag_ids))
 
 
-def _store(corp_id: str, store_id: Any) -> str:
+def check_store(corp_id: str, store_id: Any) -> str:
     placement = org.department_placement(corp_id, int(store_id)) if STORE_ID.fullmatch(str(store_id)) else None
     if placement is None or placement.level != "store":
         raise Invalid("not a store", "store_id")
@@ -97,7 +102,7 @@ def _active_staff(corp_id: str, users: Any) -> dict[str, Staff]:
     return found
 
 
-def _store_staff(corp_id: str, store_id: str, limit: int | None = None) -> list[Staff]:
+def store_staff(corp_id: str, store_id: str, limit: int | None = None) -> list[Staff]:
     return list(Staff.gsi1.query(keys.staff_by_store(corp_id, store_id), filter_condition=Staff.status == "active",
                                  limit=limit))
 
@@ -132,7 +137,7 @@ def _request(corp_id: str, owner_kind: Any, users: Any, store_id: Any, campaign_
              remark: Any, tag_ids: Any, welcome: Any) -> _Request:
     if owner_kind not in OWNER_KINDS:
         raise Invalid(f"must be one of {', '.join(OWNER_KINDS)}", "owner_kind")
-    store = _store(corp_id, store_id) if store_id is not None else None
+    store = check_store(corp_id, store_id) if store_id is not None else None
     campaign = check_campaign(corp_id, campaign_id) if campaign_id is not None else None
     if owner_kind == "store" and store is None:
         raise Invalid("a store code needs its store", "store_id")
@@ -140,14 +145,14 @@ def _request(corp_id: str, owner_kind: Any, users: Any, store_id: Any, campaign_
         raise Invalid("a campaign code needs its campaign", "campaign_id")
     if owner_kind == "store" and not users:
         # every active staff member of the store, one over the limit to notice a too-large store
-        users = [s.userid for s in _store_staff(corp_id, store, limit=MAX_USERS + 1)]
+        users = [s.userid for s in store_staff(corp_id, store, limit=MAX_USERS + 1)]
     staff = _active_staff(corp_id, users)
     if owner_kind == "staff":
         if len(users) != 1:
             raise Invalid("a staff code has exactly one staff member", "users")
         store = store or staff[users[0]].store_id  # the state carries the staff member's store
     owner_id = {"staff": users[0], "store": store, "campaign": campaign}[owner_kind]
-    return _Request(owner_kind, owner_id, list(users), store, campaign, _channel(channel), _remark(remark),
+    return _Request(owner_kind, owner_id, list(users), store, campaign, check_channel(channel), _remark(remark),
                     _tag_ids(tag_ids), validate_welcome(welcome))
 
 
@@ -155,11 +160,12 @@ def _request(corp_id: str, owner_kind: Any, users: Any, store_id: Any, campaign_
 def create_contact_way(client: WeComClient, corp_id: str, *, owner_kind: str, users: list[str],
                        store_id: str | None = None, campaign_id: str | None = None, channel: str = DEFAULT_CHANNEL,
                        remark: str | None = None, tag_ids: list[str] | None = None, welcome: dict | None = None,
-                       now: float | None = None) -> ContactWay:
-    """Create a QR contact way through WeCom and keep its config_id; safe to retry (module docstring)."""
+                       now: float | None = None, made_by: str | None = None) -> ContactWay:
+    """Create a QR contact way through WeCom and keep its config_id; safe to retry (module docstring).
+    `made_by` (a job's id) is kept on the way when this call is the one that creates it."""
     now = time.time() if now is None else now
     request = _request(corp_id, owner_kind, users, store_id, campaign_id, channel, remark, tag_ids, welcome)
-    claim, fresh = _claim(corp_id, request, now)
+    claim, fresh = _claim(corp_id, request, now, made_by)
     if claim.claim_status == "created":
         return get_contact_way(corp_id, claim.config_id)
     found = None if fresh else _find_in_wecom(client, corp_id, claim, now)
@@ -176,7 +182,7 @@ def create_contact_way(client: WeComClient, corp_id: str, *, owner_kind: str, us
     return _complete(corp_id, claim, str(found["config_id"]), found.get("qr_code"), now)
 
 
-def _claim(corp_id: str, request: _Request, now: float) -> tuple[ContactWay, bool]:
+def _claim(corp_id: str, request: _Request, now: float, made_by: str | None) -> tuple[ContactWay, bool]:
     """The claim of this request's state, leased to us; fresh=True if no attempt came before."""
     fingerprint = request.fingerprint()
     for salt in range(MAX_TOKEN_TRIES):
@@ -185,7 +191,7 @@ def _claim(corp_id: str, request: _Request, now: float) -> tuple[ContactWay, boo
                            owner_kind=request.owner_kind, owner_id=request.owner_id, users=request.users,
                            store_id=request.store_id, campaign_id=request.campaign_id, channel=request.channel,
                            remark=request.remark, tag_ids=request.tag_ids, welcome=request.welcome,
-                           created_at=int(now), fingerprint=fingerprint, claim_status="pending",
+                           created_at=int(now), fingerprint=fingerprint, claim_status="pending", made_by=made_by,
                            lease_until=int(now) + LEASE_SECONDS)
         try:
             claim.save(condition=ContactWay.PK.does_not_exist())
@@ -196,20 +202,20 @@ def _claim(corp_id: str, request: _Request, now: float) -> tuple[ContactWay, boo
         try:
             existing = ContactWay.get(*keys.contact_way_claim(corp_id, state), consistent_read=True)
         except ContactWay.DoesNotExist:  # freed by a failing attempt just now
-            raise Conflict("this contact way is being created; retry in a minute", "state") from None
+            raise BeingCreated("this contact way is being created; retry in a minute", "state") from None
         if existing.fingerprint != fingerprint or existing.claim_status == "deleted":
             continue  # another request's state, or a way since deleted: states are never reused
         if existing.claim_status == "created":
             return existing, False
         if (existing.lease_until or 0) > now:
-            raise Conflict("this contact way is being created; retry in a minute", "state")
+            raise BeingCreated("this contact way is being created; retry in a minute", "state")
         try:  # the earlier attempt died: whoever takes the lease reconciles
             existing.update(actions=[ContactWay.lease_until.set(int(now) + LEASE_SECONDS)],
                             condition=(ContactWay.claim_status == "pending")
                             & (ContactWay.lease_until == existing.lease_until))
         except UpdateError as err:
             if condition_failed(err):
-                raise Conflict("this contact way is being created; retry in a minute", "state") from None
+                raise BeingCreated("this contact way is being created; retry in a minute", "state") from None
             raise
         return existing, False
     raise Conflict("no free state for this request", "state")
@@ -254,6 +260,7 @@ def _complete(corp_id: str, claim: ContactWay, config_id: str, qr_code: str | No
                      owner_kind=kind, owner_id=owner, users=claim.users, store_id=claim.store_id,
                      campaign_id=claim.campaign_id, channel=claim.channel, remark=claim.remark, qr_code=qr_code,
                      tag_ids=claim.tag_ids, welcome=claim.welcome, created_at=int(now), deleted=False,
+                     made_by=claim.made_by,
                      GSI1PK=keys.contact_ways(corp_id), GSI1SK=keys.contact_way_owner(kind, owner) + config_id,
                      GSI2PK=keys.contact_way_by_state(corp_id, claim.state), GSI2SK=config_id)
     try:
@@ -349,52 +356,3 @@ def way_dict(way: ContactWay) -> dict:
     return {k: getattr(way, k) for k in ("config_id", "state", "owner_kind", "owner_id", "users", "store_id",
                                          "campaign_id", "channel", "remark", "qr_code", "tag_ids", "welcome",
                                          "created_at", "deleted")}
-
-
-# --- bulk creation --------------------------------------------------------------------------
-def _has_way(corp_id: str, userid: str, campaign_id: str | None, channel: str) -> bool:
-    campaign = ContactWay.campaign_id == campaign_id if campaign_id else ContactWay.campaign_id.does_not_exist()
-    ways = ContactWay.gsi1.query(keys.contact_ways(corp_id),
-                                 ContactWay.GSI1SK.startswith(keys.contact_way_owner("staff", userid)),
-                                 filter_condition=campaign & (ContactWay.channel == channel), limit=1, page_size=50)
-    return next(iter(ways), None) is not None
-
-
-def _branch_stores(corp_id: str, branch_id: Any) -> list[str]:
-    placement = org.department_placement(corp_id, int(branch_id)) if STORE_ID.fullmatch(str(branch_id)) else None
-    if placement is None or placement.level != "branch":
-        raise Invalid("not a branch", "branch_id")
-    return org.stores_of_branch(corp_id, str(branch_id))
-
-
-def bulk_create(client: WeComClient, corp_id: str, *, store_id: str | None = None, branch_id: str | None = None,
-                campaign_id: str | None = None, channel: str = DEFAULT_CHANNEL) -> dict:
-    """One staff code per active staff member of a store or a branch who has none for this
-    campaign + channel yet; re-running creates nothing twice. A WeCom error fails that staff
-    member only, except 45009 (rate limited), which stops the run: the rest are listed in
-    `not_attempted` and a later run picks them up."""
-    if (store_id is None) == (branch_id is None):
-        raise Invalid("give either a store_id or a branch_id", "store_id")
-    channel = _channel(channel)
-    if campaign_id is not None:
-        check_campaign(corp_id, campaign_id)
-    stores = [_store(corp_id, store_id)] if store_id is not None else _branch_stores(corp_id, branch_id)
-    staff = [member for store in stores for member in _store_staff(corp_id, store)]
-    report: dict[str, Any] = {"created": 0, "existing": 0, "failed": [], "not_attempted": []}
-    for index, member in enumerate(staff):
-        if _has_way(corp_id, member.userid, campaign_id, channel):
-            report["existing"] += 1
-            continue
-        try:
-            create_contact_way(client, corp_id, owner_kind="staff", users=[member.userid], store_id=member.store_id,
-                               campaign_id=campaign_id, channel=channel)
-        except RateLimited:
-            report["not_attempted"] = [m.userid for m in staff[index:]]
-            break
-        except WeComError as err:
-            report["failed"].append({"userid": member.userid, "error": f"wecom_{err.errcode}"})
-        except ScrmError as err:
-            report["failed"].append({"userid": member.userid, "error": f"{err.field}: {err.reason}"})
-        else:
-            report["created"] += 1
-    return report

@@ -1,14 +1,16 @@
 """The nightly reconciliation: every follow relation WeCom lists compared with ours, and the
-difference repaired (lost callbacks, drifted remarks and tags, missing profiles)."""
+difference repaired (lost callbacks, drifted remarks and tags, missing profiles).
+
+It runs as a job per corp (KIND; the schedule starts one a day): the plan lists the staff
+with 客户联系 and makes a chunk of the corp tag sync and one chunk per STAFF_PER_CHUNK staff;
+a chunk that runs out of time or meets a rate limit goes on later from the staff group it
+stopped at (`resume_from`), carrying what it repaired so far."""
 from __future__ import annotations
 
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from aws_lambda_powertools import Metrics
-from aws_lambda_powertools.metrics import MetricUnit
 
 from scrm.domain.customers.profile import (
     LIVE,
@@ -21,24 +23,24 @@ from scrm.domain.customers.profile import (
     touch_of,
 )
 from scrm.domain.tags.corp_tags import apply_channel_tags, sync_corp_tags
-from scrm.platform.credentials import UnknownCorp
+from scrm.jobs.kinds import Chunk, ChunkReport, Context, Done, Kind, Page, Wait
 from scrm.platform.observability import log
 from scrm.store import keys
-from scrm.store.corps import registered
 from scrm.store.models import Customer, Follow, update_if
-from scrm.wecom.apis.client import WeComClient, for_corp
-from scrm.wecom.apis.errors import RateLimited, WeComError
+from scrm.wecom.apis.client import WeComClient
+from scrm.wecom.apis.errors import RateLimited, WeComError, corp_wide
 
 # Staff per batch/get_by_user call (WeCom allows 100). Deletions can only be detected once a
 # call's every page is read, and a run cut short resumes at a call boundary, so a smaller
 # group wastes less on a resume while adding at most one short page per group.
 STAFF_PER_CALL = 25
+STAFF_PER_CHUNK = 100  # a chunk's staff: four calls' worth, so a chunk cut short resumes part-way
 PAGE_LIMIT = 100
 SAMPLE_LIMIT = 20
 # Per-staff failures before a run gives up on the corp: a corp-wide refusal (48002, say)
 # would otherwise cost one failing call per staff member every night.
 MAX_ERRORS = 50
-MAX_HOPS = 24  # continuations of one nightly run (each up to a Lambda's 15 minutes)
+COUNTS = ("checked", "created", "marked_deleted", "updated", "customers_created", "profiles_refreshed")
 
 
 class _OutOfTime(Exception):
@@ -82,7 +84,8 @@ class _Tally:
                 "resume_from": self.resume_from, "blocked_until": self.blocked_until}
 
 
-def reconcile(client: WeComClient, corp_id: str, *, now: float | None = None, deadline: float | None = None,
+def reconcile(client: WeComClient, corp_id: str, *, staff: list[str] | None = None, now: float | None = None,
+              clock: Callable[[], float] | None = None, deadline: float | None = None,
               resume_from: str | None = None) -> dict:
     """Compare every follow relation WeCom lists with ours and repair the difference.
 
@@ -95,26 +98,32 @@ def reconcile(client: WeComClient, corp_id: str, *, now: float | None = None, de
     del_external_contact; a lost del_follow_user cannot be seen, as WeCom keeps listing a
     one-way relation). Each repair goes to the customer's timeline as `reconciled:<what>`.
 
-    A 45009 stops the run (`stopped="rate_limited"`); `deadline` (epoch seconds) stops it at
-    a group boundary with `resume_from` set for the next call; other errors are reported
-    per staff member and the run goes on, up to MAX_ERRORS (`stopped="errors"`). A second
-    run finds nothing to repair. `now` fixes
-    the observation time (tests); by default each page is stamped when it arrives.
+    `staff` limits the run to those staff (a job's chunk); by default every staff member
+    get_follow_user_list names. A 45009 stops the run (`stopped="rate_limited"`) and
+    `deadline` (epoch seconds) stops it (`stopped="deadline"`), both at a group boundary
+    with `resume_from` set for the next call; corp-wide configuration errors are raised;
+    other errors are reported per staff member and the run goes on, up to MAX_ERRORS
+    (`stopped="errors"`). A second run finds nothing to repair. `now` fixes the
+    observation time (tests); by default each page is stamped when it arrives, by `clock`
+    (the job's) or the system's.
     """
-    clock: Callable[[], float] = (lambda: now) if now is not None else time.time  # noqa: E731
+    if clock is None:
+        clock = (lambda: now) if now is not None else time.time  # noqa: E731
     tally = _Tally(corp_id)
-    try:
-        staff = sorted(set(client.get_follow_user_list().get("follow_user") or []))
-    except RateLimited as err:
-        tally.stopped, tally.blocked_until = "rate_limited", err.blocked_until
-        return tally.report(0)
+    if staff is None:
+        try:
+            staff = follow_users(client)
+        except RateLimited as err:
+            tally.stopped, tally.blocked_until = "rate_limited", err.blocked_until
+            return tally.report(0)
+    staff = sorted(set(staff))
     todo = [u for u in staff if resume_from is None or u >= resume_from]
     for start in range(0, len(todo), STAFF_PER_CALL):
         group = todo[start:start + STAFF_PER_CALL]
         try:
             _reconcile_group(client, corp_id, group, tally, clock, deadline)
         except RateLimited as err:
-            tally.stopped, tally.blocked_until = "rate_limited", err.blocked_until
+            tally.stopped, tally.blocked_until, tally.resume_from = "rate_limited", err.blocked_until, group[0]
             break
         except _OutOfTime:
             tally.stopped, tally.resume_from = "deadline", group[0]
@@ -136,6 +145,8 @@ def _reconcile_group(client: WeComClient, corp_id: str, group: list[str], tally:
     except (RateLimited, _OutOfTime):
         raise
     except WeComError as err:
+        if corp_wide(err):
+            raise  # every other staff member would fail alike
         if len(group) == 1:
             tally.errors.append({"userid": group[0], "errcode": err.errcode, "api": err.api})
             if len(tally.errors) >= MAX_ERRORS:
@@ -152,7 +163,7 @@ def _read_pages(client: WeComClient, corp_id: str, group: list[str], tally: _Tal
     seen: set[tuple[str, str]] = set()
     cursor = ""
     while True:
-        if deadline is not None and time.time() >= deadline:
+        if deadline is not None and clock() >= deadline:
             raise _OutOfTime
         page = client.batch_get_by_user(group, cursor, PAGE_LIMIT)
         items = page.get("external_contact_list") or []
@@ -275,62 +286,62 @@ def _mark_unlisted(corp_id: str, group: list[str], seen: set[tuple[str, str]], s
                 tally.repair(corp_id, row.external_userid, userid, "follow_deleted", at)
 
 
-# --- the scheduled run over every corp ------------------------------------------------------------
-def nightly(continuation: dict | None, *, deadline: float, continue_later: Callable[[dict], None],
-            clients: Callable[[str], WeComClient] = for_corp, metrics: Metrics | None = None) -> dict:
-    """Full tag sync and reconciliation of every registered corp, one after the other.
-
-    A run that reaches `deadline` hands the rest (the remaining corps, where the current one
-    stopped) to `continue_later`, which starts another invocation; MAX_HOPS bounds the chain.
-    One corp's failure (unknown corp, wrong secret, rate limit) never stops the others.
-    """
-    continuation = continuation or {}
-    corp_ids: list[str] = continuation.get("corps") or registered()
-    resume_from: str | None = continuation.get("resume_from")
-    hop = int(continuation.get("hop") or 0)
-    reports: list[dict] = []
-    for index, corp_id in enumerate(corp_ids):
-        if time.time() >= deadline:
-            _hand_over(corp_ids[index:], resume_from, hop, continue_later, reports)
-            break
-        try:
-            client = clients(corp_id)
-            tag_report = None
-            if resume_from is None:  # a resumed corp had its tags synced by the earlier hop
-                try:
-                    tag_report = sync_corp_tags(client, corp_id)
-                except RateLimited:
-                    tag_report = {"stopped": "rate_limited"}
-            report = {**reconcile(client, corp_id, deadline=deadline, resume_from=resume_from), "tags": tag_report}
-        except (UnknownCorp, WeComError) as err:
-            log.error("nightly run of a corp failed", extra={"corp_id": corp_id, "error": type(err).__name__,
-                                                            "errcode": getattr(err, "errcode", None)})
-            report = {"corp_id": corp_id, "error": type(err).__name__, "errcode": getattr(err, "errcode", None)}
-        reports.append(report)
-        if metrics is not None:
-            _count(metrics, report)
-        if report.get("stopped") == "deadline":
-            _hand_over(corp_ids[index:], report["resume_from"], hop, continue_later, reports)
-            break
-        resume_from = None
-    return {"hop": hop, "corps": reports}
+# --- the nightly job ----------------------------------------------------------------------------
+def follow_users(client: WeComClient) -> list[str]:
+    """Staff with 客户联系, sorted."""
+    return sorted(set(client.get_follow_user_list().get("follow_user") or []))
 
 
-def _count(metrics: Metrics, report: dict) -> None:
-    if "error" in report:
-        metrics.add_metric(name="ReconcileCorpsFailed", unit=MetricUnit.Count, value=1)
-        return
-    for name, key in (("ReconcileChecked", "checked"), ("ReconcileCreated", "created"),
-                      ("ReconcileMarkedDeleted", "marked_deleted"), ("ReconcileUpdated", "updated")):
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=report[key])
-    if report["partial"]:
-        metrics.add_metric(name="ReconcilePartial", unit=MetricUnit.Count, value=1)
+def plan(ctx: Context, cursor: object) -> Page:
+    staff = follow_users(ctx.client())
+    groups = [staff[i:i + STAFF_PER_CHUNK] for i in range(0, len(staff), STAFF_PER_CHUNK)]
+    return Page([Chunk({"tags": True}, size=0), *(Chunk({"staff": g}, size=len(g)) for g in groups)])
 
 
-def _hand_over(corp_ids: list[str], resume_from: str | None, hop: int, continue_later: Callable[[dict], None],
-               reports: list[dict]) -> None:
-    if hop + 1 >= MAX_HOPS:
-        log.error("nightly run gave up: too many continuations", extra={"left": corp_ids[:10]})
-        return
-    continue_later({"corps": corp_ids, "resume_from": resume_from, "hop": hop + 1})
-    reports.append({"continued": len(corp_ids), "resume_from": resume_from})
+def run(ctx: Context, payload: dict) -> Done | Wait:
+    client = ctx.client()
+    if payload.get("tags"):
+        return Done(result={"tags": sync_corp_tags(client, ctx.corp_id)})
+    report = reconcile(client, ctx.corp_id, staff=payload["staff"], clock=ctx.clock, deadline=ctx.deadline,
+                       resume_from=payload.get("resume_from"))
+    carried = merge(payload.get("carry"), report)
+    if report["stopped"] in ("deadline", "rate_limited"):
+        wait = max(0.0, (report["blocked_until"] or 0) - ctx.clock())
+        return Wait(wait, payload={**payload, "resume_from": report["resume_from"], "carry": carried},
+                    reason=report["stopped"])
+    # MAX_ERRORS ends the run early: the group's remaining staff were not reconciled either
+    failed = len(payload["staff"]) if report["stopped"] == "errors" else len({e["userid"] for e in carried["errors"]})
+    return Done(result=carried, failed=failed)
+
+
+def _empty() -> dict:
+    return {**{name: 0 for name in COUNTS}, "by_kind": {}, "samples": [], "errors": []}
+
+
+def merge(earlier: dict | None, report: dict) -> dict:
+    """Two runs' repairs as one report (the samples and errors capped as in one run)."""
+    earlier = earlier or _empty()
+    return {**{name: earlier[name] + report[name] for name in COUNTS},
+            "by_kind": dict(Counter(earlier["by_kind"]) + Counter(report["by_kind"])),
+            "samples": (earlier["samples"] + report["samples"])[:SAMPLE_LIMIT],
+            "errors": (earlier["errors"] + report["errors"])[:MAX_ERRORS]}
+
+
+def finish(ctx: Context, reports: list[ChunkReport]) -> dict:
+    """The corp's nightly report: every chunk's repairs added up, and the tag sync's report."""
+    total, tags, staff = _empty(), None, 0
+    for chunk in reports:
+        if chunk.payload.get("tags"):
+            tags = chunk.result["tags"] if chunk.state == "done" else {"error": chunk.error or chunk.state}
+            continue
+        staff += chunk.size
+        if chunk.state == "done":
+            total = merge(total, chunk.result)
+        else:  # failed as a whole, or skipped: each of its staff is an error
+            total = merge(total, {**_empty(), "errors": [{"userid": u, "error": chunk.error or chunk.state}
+                                                         for u in chunk.payload["staff"]]})
+    partial = bool(total["errors"]) or any(chunk.state != "done" for chunk in reports)
+    return {"corp_id": ctx.corp_id, "staff": staff, **total, "partial": partial, "tags": tags}
+
+
+KIND = Kind("reconcile", plan=plan, run=run, finish=finish, chunk_seconds=300, window=20)

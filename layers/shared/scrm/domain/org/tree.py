@@ -19,7 +19,7 @@ or its nearest ancestor of that level). A staff member takes the placement of th
 department; staff whose main department is in no store are "unassigned": kept, listed
 under NO_STORE and reported by every full sync, never dropped.
 
-Writers: `full_sync` (command and nightly schedule) rewrites what differs from WeCom,
+Writers: `full_sync` (the org-sync job, SYNC_KIND: command and nightly schedule) rewrites what differs from WeCom,
 guarded by the same versions as the address-book events (scrm.domain.org.events), so a sync never
 undoes a newer event and vice versa; the address-book handler places a new or moved staff
 member from the stored department rows at once, and `relevel` re-places departments after
@@ -28,7 +28,6 @@ the next full sync heals it.
 """
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -38,10 +37,9 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
 
 from scrm.domain.event_fields import version_of
+from scrm.jobs.kinds import Chunk, ChunkReport, Context, Done, Kind, Page
 from scrm.platform.errors import Invalid, NotFound, ScrmError
-from scrm.platform.observability import log
 from scrm.store import keys, paging, read_cache
-from scrm.store.corps import registered
 from scrm.store.models import (
     Corp,
     Department,
@@ -50,7 +48,7 @@ from scrm.store.models import (
     apply_versioned,
     condition_failed,
 )
-from scrm.wecom.apis.client import WeComClient, for_corp
+from scrm.wecom.apis.client import WeComClient
 
 DEFAULT_RULE = {"mode": "depth", "branch": 2, "region": 3, "store": 4}
 LEVELS = ("branch", "region", "store")
@@ -59,7 +57,6 @@ NO_STORE = "none"  # staff_by_store partition of staff outside every store (dept
 ROOT_PARENT = 0  # parentid of the root department
 # Full-sync event ranks, as in scrm.domain.org.events: a deletion outranks an edit.
 SYNC_RANK, SYNC_DELETE_RANK = 1, 2
-MIN_TIME_LEFT = 120  # seconds: more than one large corp's sync
 _DEPT_ID = re.compile(r"^[1-9][0-9]{0,9}$")
 
 
@@ -379,28 +376,27 @@ def _resign(row: Staff | None, corp_id: str, userid: str, at: int, write: Callab
     report["resigned"].append({"userid": userid, "customers_left_behind": left_behind})
 
 
-def sync_all(make_client: Callable[[str], WeComClient] = for_corp, now: float | None = None,
-             time_left: Callable[[], float] = lambda: math.inf) -> dict:
-    """Full sync of every registered corp (the nightly schedule). One corp failing (bad
-    credentials, WeCom down) is logged and reported; the others still sync. No corp is
-    started with less than MIN_TIME_LEFT seconds left (`skipped`), and the order rotates
-    daily, so a night too short for every corp still reaches each in turn."""
-    corp_ids = registered()
-    start = int((time.time() if now is None else now) // 86400) % max(len(corp_ids), 1)
-    order = corp_ids[start:] + corp_ids[:start]
-    summary: dict[str, Any] = {"corps": len(corp_ids), "synced": [], "failed": [], "skipped": []}
-    for index, corp_id in enumerate(order):
-        if time_left() < MIN_TIME_LEFT:
-            summary["skipped"] = order[index:]
-            break
-        try:
-            report = full_sync(make_client(corp_id), corp_id, now)
-        except Exception as err:  # noqa: BLE001 - isolate corps from each other; the error is logged
-            log.exception("org sync failed", extra={"corp_id": corp_id})
-            summary["failed"].append({"corp_id": corp_id, "error": type(err).__name__})
-            continue
-        summary["synced"].append({k: len(v) if isinstance(v, list) else v for k, v in report.items()})
-    return summary
+# --- the full sync as a job (one chunk: resigned staff are only known once all of WeCom is read) ---
+LIST_CAP = 1000  # entries of each list kept in a job's result (the counts are complete)
+
+
+def _plan_sync(ctx: Context, cursor: object) -> Page:
+    return Page([Chunk({})])
+
+
+def _run_sync(ctx: Context, payload: dict) -> Done:
+    report = full_sync(ctx.client(), ctx.corp_id)
+    counts = {f"{name}_count": len(value) for name, value in report.items() if isinstance(value, list)}
+    capped = {name: value[:LIST_CAP] if isinstance(value, list) else value for name, value in report.items()}
+    return Done(result={**capped, **counts})
+
+
+def _finish_sync(ctx: Context, reports: list[ChunkReport]) -> dict:
+    [chunk] = reports
+    return chunk.result if chunk.state == "done" else {"corp_id": ctx.corp_id, "error": chunk.error or chunk.state}
+
+
+SYNC_KIND = Kind("org-sync", plan=_plan_sync, run=_run_sync, finish=_finish_sync, chunk_seconds=600, window=1)
 
 
 # --- reads ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from scrm.entry.ops import (
     errors,
     idempotency,
     inputs,
+    jobs,
     org,
     present,
     stats,
@@ -34,7 +35,7 @@ PREFIX = "/ops"
 
 app = APIGatewayHttpResolver(serializer=lambda data: present.dumps(data, app.context.get(auth.CONTEXT_KEY)))
 app.use(middlewares=[auth.require_corp, inputs.checked_request, idempotency.idempotent_posts])
-for area in (org, contact_ways, campaigns, coupons, customers, welcome_defaults, stats):
+for area in (org, contact_ways, campaigns, coupons, customers, welcome_defaults, stats, jobs):
     app.include_router(area.router, prefix=PREFIX)
 app.exception_handler(Exception)(errors.to_response)
 

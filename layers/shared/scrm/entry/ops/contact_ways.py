@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
+from scrm.domain.contact_ways import bulk
 from scrm.domain.contact_ways import ways as contact_ways
 from scrm.domain.contact_ways.ways import way_dict
 from scrm.entry.ops.auth import current_corp
 from scrm.entry.ops.inputs import body, listing, page_args, path, query
+from scrm.jobs import runner
 from scrm.wecom.apis.client import for_corp
 
 router = APIGatewayHttpRouter()
@@ -30,9 +32,11 @@ def create_contact_way() -> tuple[dict, int]:
 
 
 @router.post("/contact-ways/bulk")
-def bulk_create() -> dict:
+def bulk_create() -> tuple[dict, int]:
+    """A job (GET /ops/jobs/{job_id}); its result is the report of what was created."""
     corp_id = current_corp(router)
-    return contact_ways.bulk_create(for_corp(corp_id), corp_id, **body(router))
+    job = runner.start(corp_id, bulk.KIND, bulk.request(corp_id, **body(router)))
+    return {"job_id": job.job_id}, 202
 
 
 @router.get("/contact-ways/<config_id>")

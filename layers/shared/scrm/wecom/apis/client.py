@@ -11,10 +11,10 @@ Policy (errors.py lists the classes):
   Calls that create something (add_contact_way, add_moment_task) are not repeated when the
   last attempt may have taken effect (read timeout, 5xx): the caller reconciles instead.
 * 40014/42001: invalidate the token, refresh, retry once; again -> TokenError.
-* 45009: an ApiBlock row (keys.api_block) stops every worker calling that API until
-  `blocked_until`; each worker checks a process-local copy of the corp's blocks, re-read
-  with one Query at most every BLOCK_REFRESH seconds.
 * configuration errors are raised on the first answer.
+* every request waits for the corp's rate budget of its API (scrm.wecom.apis.governor),
+  at the client's priority (interactive unless a job asks for bulk); 45009 blocks the API
+  for every worker until the window ends (RateLimited), 45033 slows every worker down.
 
 The access token travels only in the query string, and neither it nor the secret is ever
 logged: requests' own exceptions quote the URL, so they are not chained to ours.
@@ -28,16 +28,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import requests
-from pynamodb.exceptions import PutError
 from requests.adapters import HTTPAdapter
 from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 
 from scrm.platform import credentials, time_budget
 from scrm.platform.config import settings
 from scrm.platform.credentials import AppCredentials, CorpCredentials
-from scrm.platform.observability import log
-from scrm.store import keys
-from scrm.store.models import ApiBlock, condition_failed
+from scrm.wecom.apis import governor as governors
 from scrm.wecom.apis import tokens
 from scrm.wecom.apis.errors import (
     RATE_LIMITED,
@@ -54,9 +51,6 @@ from scrm.wecom.apis.errors import (
 MAX_RETRIES = 3
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 4.0
-BLOCK_REFRESH = 10.0
-MINUTE_BLOCK = 60.0
-HOUR_BLOCK = 3600.0
 DEFAULT_EXPIRES_IN = 7200.0
 QUOTE_MAX = 300  # characters of an unexpected answer quoted in the error
 NO_ANSWER = "no answer: "  # errmsg prefix of a failure that got no answer from WeCom at all
@@ -80,18 +74,9 @@ totals = Counters()  # every client of this process, for benchmarks
 _count_lock = threading.Lock()
 
 
-@dataclass
-class _Blocks:
-    loaded_at: float
-    until: dict[str, float]  # api -> blocked_until, ended blocks included (see _block)
-
-
-_blocks: dict[str, _Blocks] = {}
-
-
 def forget_caches() -> None:
-    """Drop the process-local copy of the API blocks (tests, local stack resets)."""
-    _blocks.clear()
+    """Drop the process-local copy of the API blocks and leases (tests, local stack resets)."""
+    governors.default_governor().forget()
 
 
 def _errcode(data: dict) -> int:
@@ -118,7 +103,8 @@ def _quoted(resp: requests.Response, params: dict) -> str:
 class WeComClient:
     def __init__(self, creds: AppCredentials | CorpCredentials, base_url: str | None = None, session: requests.Session | None = None,
                  token_store: tokens.TokenStore | None = None, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, governor: governors.Governor | None = None,
+                 priority: str = governors.INTERACTIVE, budget_deadline: float | None = None):
         self.creds = creds
         self.base_url = (base_url or settings().wecom_api_base).rstrip("/")
         self._session = session or _SESSION
@@ -126,6 +112,11 @@ class WeComClient:
             # The process-wide store runs on the real clock; a test clock gets its own store.
             token_store = tokens.default_store() if clock is time.time else tokens.TokenStore(clock, sleep)
         self.tokens = token_store
+        if governor is None:  # as the token store: the process-wide one runs on the real clock
+            governor = governors.default_governor() if clock is time.time else governors.Governor(clock, sleep)
+        self.governor = governor
+        self.priority = priority
+        self.budget_deadline = budget_deadline  # no call waits for the rate budget past this (a job's chunk)
         self._clock = clock
         self._sleep = sleep
         self._timeout = settings().wecom_timeout
@@ -147,7 +138,7 @@ class WeComClient:
               deadline: float | None, idempotent: bool) -> dict:
         api = path.strip("/")
         deadline = time_budget.clip(deadline)
-        self._check_block(api)
+        self.governor.check(self.creds.corp_id, api)
         token = self._token(deadline)
         data, unknown = self._exchange(method, api, {**(params or {}), "access_token": token}, body, deadline,
                                        idempotent)
@@ -170,8 +161,9 @@ class WeComClient:
         code = _errcode(data)
         if code == 0:
             return data
-        if code == RATE_LIMITED:
-            raise self._block(api, code, str(data.get("errmsg", "")))
+        if code == RATE_LIMITED:  # the governor recorded the block when the answer came
+            raise RateLimited(code, str(data.get("errmsg", "")), api,
+                              blocked_until=self.governor.blocked_until(self.creds.corp_id, api))
         raise error_for(code, str(data.get("errmsg", "")), api)
 
     def _exchange(self, method: str, api: str, params: dict, body: dict | None,
@@ -201,6 +193,8 @@ class WeComClient:
             self._count("retries")
 
     def _send(self, method: str, api: str, params: dict, body: dict | None, deadline: float | None) -> dict:
+        self.governor.acquire(self.creds.corp_id, api, self.priority,
+                              deadline if deadline is not None else self.budget_deadline)
         timeout = self._timeout_for(api, deadline)
         self._count("calls")
         # `from None` below: requests' messages quote the URL, i.e. the token or the secret.
@@ -225,6 +219,7 @@ class WeComClient:
         if not isinstance(data, dict):
             raise TransientError(-1, f"not a JSON object: {_quoted(resp, params)}", api, http_status=status,
                                  outcome_unknown=True)
+        self.governor.observe(self.creds.corp_id, api, _errcode(data))
         return data
 
     def _timeout_for(self, api: str, deadline: float | None) -> tuple[float, float]:
@@ -249,51 +244,12 @@ class WeComClient:
 
     def _fetch_token(self, deadline: float | None) -> tuple[str, float]:
         api = "gettoken"
-        self._check_block(api)
+        self.governor.check(self.creds.corp_id, api)
         self._count("token_refreshes")
         data, _ = self._exchange("GET", api, {"corpid": self.creds.corp_id, "corpsecret": self.creds.secret},
                                  None, deadline, idempotent=True)
         data = self._settle(api, data)
         return str(data["access_token"]), float(data.get("expires_in") or DEFAULT_EXPIRES_IN)
-
-    # --- 45009 blocks -------------------------------------------------------------------
-
-    def _blocks(self, api: str) -> _Blocks:
-        corp_id = self.creds.corp_id
-        now = self._clock()
-        entry = _blocks.get(corp_id)
-        if entry is None or not 0 <= now - entry.loaded_at < BLOCK_REFRESH:
-            pk = keys.api_block(corp_id, api)[0]
-            rows = ApiBlock.query(pk, ApiBlock.SK.startswith(keys.API_BLOCK_PREFIX))
-            entry = _blocks[corp_id] = _Blocks(now, {row.api: row.blocked_until for row in rows})
-        return entry
-
-    def _check_block(self, api: str) -> None:
-        until = self._blocks(api).until.get(api)
-        if until is not None and until > self._clock():
-            raise RateLimited(RATE_LIMITED, f"blocked until {until:.0f} after 45009", api, blocked_until=until)
-
-    def _block(self, api: str, errcode: int, errmsg: str) -> RateLimited:
-        """Record a 45009 for every worker. 45009 does not say which quota ran out
-        (FACTS §5.2): a block lasts the window, so assume the minute quota (60 s); hit again
-        within a minute of the previous block ending, it is the hourly quota (60 min)."""
-        now = self._clock()
-        entry = self._blocks(api)
-        previous = entry.until.get(api)
-        escalate = previous is not None and 0 <= now - previous < MINUTE_BLOCK
-        until = now + (HOUR_BLOCK if escalate else MINUTE_BLOCK)
-        pk, sk = keys.api_block(self.creds.corp_id, api)
-        try:
-            # kept an hour after it ends so that the escalation above can still see it
-            ApiBlock(pk, sk, api=api, errcode=errcode, blocked_until=until, expires_at=int(until + HOUR_BLOCK)).save(
-                condition=ApiBlock.blocked_until.does_not_exist() | (ApiBlock.blocked_until < until))
-        except PutError as err:
-            if not condition_failed(err):
-                raise
-            # another worker stored a longer block; the next refresh of the cache reads it
-        entry.until[api] = max(until, previous or 0)
-        log.warning("wecom api blocked after 45009", corp_id=self.creds.corp_id, api=api, blocked_until=until)
-        return RateLimited(errcode, errmsg, api, blocked_until=until)
 
     # --- convenience: FACTS §5.3, §5.4, §5.6, §5.7 and the address book -----------------
 
@@ -402,6 +358,7 @@ class WeComClient:
         return self.get("externalcontact/get_moment_task_result", {"jobid": jobid})
 
 
-def for_corp(corp_id: str) -> WeComClient:
-    """A client for a registered corp: its app secret cached by scrm.platform.credentials, the token shared."""
-    return WeComClient(credentials.load_app(corp_id))
+def for_corp(corp_id: str, priority: str = governors.INTERACTIVE, budget_deadline: float | None = None) -> WeComClient:
+    """A client for a registered corp: its app secret cached by scrm.platform.credentials, the
+    token and the rate budget shared. Jobs ask for `governors.BULK` and their chunk's deadline."""
+    return WeComClient(credentials.load_app(corp_id), priority=priority, budget_deadline=budget_deadline)

@@ -4,6 +4,7 @@
 |----------------------|-------------------------------------------------|-------------------------|
 | `ConfigurationError` | 40001 40013 41001 41002 41004 48002 60011 60020, HTTP 4xx | nothing: never retried |
 | `RateLimited`        | 45009                                           | ApiBlock row written    |
+| `OverBudget`         | (none: our own rate budget is spent)            | nothing sent            |
 | `TransientError`     | -1 45033, HTTP 5xx/429, timeouts, connection errors | up to 3 retries     |
 | `TokenError`         | 40014 42001                                     | one refresh, one retry  |
 | `GoneError`          | 60111 40003 84061 40096                         | nothing                 |
@@ -26,10 +27,13 @@ CONFIGURATION_CODES = frozenset({
     60011,  # outside the app's visible range
     60020,  # caller IP not in 企业可信IP
 })
-TRANSIENT_CODES = frozenset({-1, 45033})
+CONCURRENCY_LIMITED = 45033
+TRANSIENT_CODES = frozenset({-1, CONCURRENCY_LIMITED})
 TOKEN_CODES = frozenset({40014, 42001})
 GONE_CODES = frozenset({60111, 40003, 84061, 40096})
 RATE_LIMITED = 45009
+# Configuration errors that fail every call of the corp alike (60011 is about one member).
+CORP_WIDE_CODES = CONFIGURATION_CODES - {60011}
 WELCOME_EXPIRED, WELCOME_DELIVERED, WELCOME_BUSY = 41050, 41051, 41096
 
 
@@ -61,6 +65,11 @@ class RateLimited(WeComError):
         self.blocked_until = blocked_until
 
 
+class OverBudget(RateLimited):
+    """The corp's rate budget for `api` (scrm.wecom.apis.governor) is spent until
+    `blocked_until` and the caller's deadline comes first: WeCom was not called."""
+
+
 class TransientError(WeComError):
     """Still failing after the retries (or out of time). `outcome_unknown` is set when the last
     attempt may have taken effect (a read timeout or 5xx of a call we chose not to repeat)."""
@@ -77,6 +86,13 @@ class TokenError(WeComError):
 
 class GoneError(WeComError):
     """The member, customer or member-customer relationship no longer exists."""
+
+
+def corp_wide(err: WeComError) -> bool:
+    """Whether every call of the corp would fail the same way (a wrong secret, a missing
+    permission, an untrusted IP, a wrong endpoint): callers stop rather than repeat it per item."""
+    return isinstance(err, ConfigurationError) and (
+        err.errcode in CORP_WIDE_CODES or err.errcode == -1 or err.api == "gettoken")
 
 
 def error_for(errcode: int, errmsg: str, api: str) -> WeComError:
