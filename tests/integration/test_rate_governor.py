@@ -150,16 +150,15 @@ def _calls_from_another_process(base_url: str, seconds: float) -> dict:
 def moto_server(monkeypatch) -> Iterator[str]:
     """DynamoDB in a moto server that other processes reach too (no in-process mock here)."""
     from infra.local import stack
-    from infra.local.moto_server import LocalMotoServer
+    from infra.local.moto_server import MotoProcess
     from tests.integration.conftest import create_scrm_table
 
-    server = LocalMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    server = MotoProcess(port=0)
+    endpoint = server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     stack._forget_scrm_state()
     create_scrm_table()
-    yield f"http://{host}:{port}"
+    yield endpoint
     server.stop()
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     stack._forget_scrm_state()
