@@ -84,7 +84,8 @@ class Demo:
     def org(self) -> None:
         step("1. The org tree comes from WeCom's address book")
         seed_store(self.sim, self.corp_id)
-        report = self.stack.fire_schedule("OrgSyncFunction")["synced"][0]  # the nightly sync, run now
+        [started] = self.stack.fire_schedule("OrgSyncFunction")["jobs"]  # the nightly sync, run now: a job
+        report = self.job(started["job_id"])["result"]
         say(f"   synced {report['departments']} departments, {report['staff']} staff; "
             f"branch → region → store by depth")
         stores = self.api("GET", "/stores").json()["items"]

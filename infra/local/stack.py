@@ -181,6 +181,11 @@ def create_table_request(props: dict) -> dict:
     return request
 
 
+# Values the stacks of this process put in os.environ, so that a second stack started while
+# one runs (the end-to-end tests do) does not mistake them for the user's.
+_SET_BY_STACKS: dict[str, set[str]] = {}
+
+
 class LocalStack:
     def __init__(self, template_path: Path | str = tpl.TEMPLATE_PATH, *, moto_port: int | None = None,
                  http_port: int | None = None, sim_port: int | None = None, visibility: int | str | None = None,
@@ -203,7 +208,10 @@ class LocalStack:
         self._corps_arg = corps
         self._demo_corp_ids: set[str] = set()  # generated here, so their secrets may be printed
         self.region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        self.wecom_api_base = os.environ.get("WECOM_API_BASE") or None  # an external WeCom API: no simulator
+        # An external WeCom API (no simulator) if the user set one; not one a running stack of
+        # this process set for its own functions.
+        given = os.environ.get("WECOM_API_BASE") or None
+        self.wecom_api_base = None if given in _SET_BY_STACKS.get("WECOM_API_BASE", set()) else given
         self.state_file = Path(state_file) if state_file is not None else None
         self._state_written: Path | None = None  # a failed start must not remove another stack's file
 
@@ -304,6 +312,7 @@ class LocalStack:
     def _setenv(self, name: str, value: str) -> None:
         self._saved_env.setdefault(name, os.environ.get(name))
         os.environ[name] = value
+        _SET_BY_STACKS.setdefault(name, set()).add(value)
 
     # --- resources ----------------------------------------------------------------------
     def _start_moto(self) -> None:

@@ -18,6 +18,7 @@ import requests
 from scrm.wecom.callback.crypto import WeComCrypto
 
 from infra.local.functions import FunctionError
+from infra.local.pollers import sqs_event
 
 pytestmark = pytest.mark.e2e
 
@@ -49,6 +50,19 @@ def post_probe(stack, corp) -> requests.Response:
            f"<Probe>{uuid.uuid4().hex}</Probe></xml>")
     body, query = crypto.seal(xml)
     return requests.post(stack.callback_url(corp.corp_id), params=query, data=body.encode(), timeout=10)
+
+
+def slow_worker_batch(stack, corp) -> dict:
+    """An SQS batch whose one event makes the worker call WeCom (an edit: the profile is fetched)."""
+    body = {"corp_id": corp.corp_id, "event_id": uuid.uuid4().hex[:40], "kind": "external_contact",
+            "event_type": "change_external_contact", "change_type": "edit_external_contact",
+            "create_time": int(time.time()),
+            "fields": {"ToUserName": corp.corp_id, "FromUserName": "sys", "CreateTime": str(int(time.time())),
+                       "MsgType": "event", "Event": "change_external_contact", "ChangeType": "edit_external_contact",
+                       "UserID": "zhangsan", "ExternalUserID": "wmSlowProbe0001"}}
+    message = {"MessageId": str(uuid.uuid4()), "ReceiptHandle": "local-probe", "Body": json.dumps(body),
+               "MD5OfBody": "", "Attributes": {"ApproximateReceiveCount": "1"}}
+    return sqs_event([message], stack.queues["EventsQueue"].arn, stack.region)
 
 
 @pytest.fixture(scope="module")
@@ -121,36 +135,36 @@ def test_a_killed_idle_instance_is_replaced_on_the_next_request(stack, corp):
     stack.drain(timeout=30)
 
 
-def test_an_instance_that_dies_mid_invocation_fails_that_invocation_only(stack, slow_wecom):
+def test_an_instance_that_dies_mid_invocation_fails_that_invocation_only(stack, corp, slow_wecom):
     outcome: list = []
 
-    def nightly():
+    def work():
         try:
-            outcome.append(stack.fire_schedule("OrgSyncFunction"))
+            outcome.append(stack.invoke("WorkerFunction", slow_worker_batch(stack, corp)))
         except FunctionError as err:
             outcome.append(err)
 
-    thread = threading.Thread(target=nightly)
+    thread = threading.Thread(target=work)
     thread.start()
     deadline = time.monotonic() + 20
-    while not stack.functions["OrgSyncFunction"].pids()["busy"] and time.monotonic() < deadline:
+    while not stack.functions["WorkerFunction"].pids()["busy"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    [busy] = stack.functions["OrgSyncFunction"].pids()["busy"]
+    [busy] = stack.functions["WorkerFunction"].pids()["busy"]
     os.kill(busy, signal.SIGKILL)
     thread.join(timeout=30)
     [error] = outcome
     assert isinstance(error, FunctionError)
     assert (error.error_type, error.error_message) == ("Runtime.ExitError", "Runtime exited with error: signal: 9")
     stack.sim.set_faults(0, [])
-    assert stack.fire_schedule("OrgSyncFunction")["corps"] >= 1  # a new instance serves the next one
-    assert busy not in instance_pids(stack, "OrgSyncFunction")
+    assert stack.invoke("WorkerFunction", slow_worker_batch(stack, corp)) == {"batchItemFailures": []}
+    assert busy not in instance_pids(stack, "WorkerFunction")  # a new instance served it
 
 
-def test_drain_waits_for_an_invocation_in_flight(stack, slow_wecom):
-    thread = threading.Thread(target=stack.fire_schedule, args=("OrgSyncFunction",))
+def test_drain_waits_for_an_invocation_in_flight(stack, corp, slow_wecom):
+    thread = threading.Thread(target=stack.invoke, args=("WorkerFunction", slow_worker_batch(stack, corp)))
     thread.start()
     deadline = time.monotonic() + 20
-    while not stack.functions["OrgSyncFunction"].pids()["busy"] and time.monotonic() < deadline:
+    while not stack.functions["WorkerFunction"].pids()["busy"] and time.monotonic() < deadline:
         time.sleep(0.05)
     stack.drain(timeout=60)
     assert not thread.is_alive()
