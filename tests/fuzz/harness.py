@@ -71,10 +71,12 @@ def serving() -> Iterator[str]:
     """The ops API on a free loopback port, with its own table, queues, simulator and corp; its URL."""
     from infra.local.wecom_sim import WeComSimulator
 
-    saved = {name: os.environ.get(name) for name in ("EVENTS_QUEUE_URL", "WECOM_API_BASE")}
+    saved = {name: os.environ.get(name) for name in ("EVENTS_QUEUE_URL", "JOBS_QUEUE_URL", "WECOM_API_BASE")}
     with mock_aws():
         create_scrm_table()
-        os.environ["EVENTS_QUEUE_URL"] = create_queues()["EventsQueue"]
+        queues = create_queues()
+        os.environ["EVENTS_QUEUE_URL"] = queues["EventsQueue"]
+        os.environ["JOBS_QUEUE_URL"] = queues["JobsQueue"]  # the bulk route starts a job
         sim = WeComSimulator()
         sim.start("127.0.0.1", 0)
         os.environ["WECOM_API_BASE"] = f"{sim.base_url}/cgi-bin"

@@ -551,6 +551,7 @@ MEANING_CASES = [
     ("create_way", {"store_id": "3"}, "store_id"),  # a region, not a store
     ("create_way", {"campaign_id": "nosuch"}, "campaign_id"),
     ("create_way", {"welcome": {"text": "字" * 1334}}, "welcome.text"),  # 4,002 bytes
+    ("create_way", {"welcome": {"link": {"title": "到店", "url": "http://[shop"}}}, "welcome.link.url"),  # no host
     ("create_way", {"owner_kind": "store"}, "store_id"),  # a store code needs its store
     ("create_way", {"owner_kind": "campaign"}, "campaign_id"),
     ("bulk", {"store_id": "99"}, "store_id"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from scrm.platform.errors import Invalid
 
@@ -42,6 +43,12 @@ def _url(value: Any, field: str, *, required: bool = True) -> str | None:
         return None
     if not isinstance(value, str) or not re.fullmatch(r"https?://\S+", value):
         raise Invalid("must be an http(s) URL", field)
+    try:
+        host = urlsplit(value).hostname
+    except ValueError:  # "http://[x": a bracket that opens no IPv6 address
+        host = None
+    if not host:
+        raise Invalid("must be an http(s) URL with a host", field)
     return value
 
 
