@@ -79,6 +79,8 @@ from infra.local.streams import StreamPoller
 log = logging.getLogger("infra.local.stack")
 
 SQS_DEFAULT_VISIBILITY = 30
+# Queue properties about encryption at rest: the KMS key is not made locally.
+ENCRYPTION_ONLY = ("KmsMasterKeyId", "KmsDataKeyReusePeriodSeconds", "SqsManagedSseEnabled")
 TEMPLATE_VISIBILITY = "template"  # as `visibility`: every queue keeps the template's VisibilityTimeout
 DEFAULT_VISIBILITY = 3
 DEFAULT_CONCURRENCY = 4
@@ -361,6 +363,8 @@ class LocalStack:
             visibility = int(resolver.resolve(props.get("VisibilityTimeout", SQS_DEFAULT_VISIBILITY)))
             props["VisibilityTimeout"] = visibility if self.visibility == TEMPLATE_VISIBILITY \
                 else min(visibility, self.visibility)
+            for key in ENCRYPTION_ONLY:  # the deployed queues' keys have no local meaning
+                props.pop(key, None)
             attributes = {}
             for key, value in props.items():
                 if key == "RedrivePolicy":

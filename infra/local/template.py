@@ -181,9 +181,18 @@ class Template:
         return sorted(self.queues.values(), key=lambda q: q.dlq is not None)
 
     def dlq_ids(self) -> set[str]:
-        """Dead-letter queues: the targets of redrive policies and of stream sources' OnFailure."""
+        """Dead-letter queues: the targets of redrive policies, of stream sources' OnFailure and
+        of the functions' asynchronous OnFailure (EventInvokeConfig)."""
         return ({q.dlq for q in self.queues.values() if q.dlq}
-                | {s.on_failure for fn in self.functions.values() for s in fn.stream_sources if s.on_failure})
+                | {s.on_failure for fn in self.functions.values() for s in fn.stream_sources if s.on_failure}
+                | {q for q in (self._async_failure_queue(f) for f in self.functions) if q})
+
+    def _async_failure_queue(self, logical_id: str) -> str | None:
+        config = self.resources[logical_id].get("Properties", {}).get("EventInvokeConfig") or {}
+        target = ((config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+        if isinstance(target, dict) and "Fn::GetAtt" in target and target["Fn::GetAtt"][0] in self.queues:
+            return target["Fn::GetAtt"][0]
+        return None
 
     @property
     def http_api_stage(self) -> Any:

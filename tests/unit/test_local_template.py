@@ -109,7 +109,8 @@ def test_tables_and_queues_come_with_their_template_properties(template):
     assert order.index("EventsDLQ") < order.index("EventsQueue")
     events = template.queues["EventsQueue"]
     assert (events.dlq, events.max_receive_count) == ("EventsDLQ", 5)
-    assert template.dlq_ids() == {"EventsDLQ", "WelcomeDLQ", "JobsDLQ", "StatsDLQ"}  # StatsDLQ: a stream's OnFailure
+    # StatsDLQ: a stream's OnFailure; ScheduledFailures: the scheduled functions' asynchronous OnFailure
+    assert template.dlq_ids() == {"EventsDLQ", "WelcomeDLQ", "JobsDLQ", "StatsDLQ", "ScheduledFailures"}
     assert template.queues["WelcomeQueue"].dlq == "WelcomeDLQ"
     assert template.queues["EventsDLQ"].dlq is None
 
